@@ -181,6 +181,7 @@ class FocalLoss(Loss):
             raise ValueError('eps=%r must be in [0, 0.5).' % eps)
         self._impl = _choose_impl(impl)
         self._resolved = None
+        self._grad_add = False
         self.alpha_per_class = None
         if alpha_per_class is not None:
             self.alpha_per_class = self.params.get_constant('alpha_per_class', alpha_per_class)
@@ -202,11 +203,13 @@ class FocalLoss(Loss):
             self._check_batch(pred, label, sample_weight)
             if not self._active:
                 self._check_values(pred, label, resolved)
+            # the kernel cannot see grad_req='add' on an input that owns its gradient
+            grad_add = self._impl == 'fused' and kernel.needs_grad_add(pred)
         else:
-            resolved = self._resolve_symbolic(pred)
-        if resolved != self._resolved:
+            resolved, grad_add = self._resolve_symbolic(pred), False
+        if (resolved, grad_add) != (self._resolved, self._grad_add):
             # a new layout needs a new graph
-            self._resolved = resolved
+            self._resolved, self._grad_add = resolved, grad_add
             self._clear_cached_op()
         if sample_weight is None:
             return super(FocalLoss, self).forward(pred, label)
@@ -246,7 +249,7 @@ class FocalLoss(Loss):
         if self.alpha_per_class is not None:
             alpha = tuple(self.alpha_per_class.value.asnumpy().tolist())
         return kernel.fused_focal_loss(
-            F, pred, label,
+            F, pred, label, grad_add=self._grad_add,
             mode='sparse' if self._resolved.mode == 'sparse' else 'dense',
             axis=self._resolved.axis, batch_axis=self._batch_axis, gamma=self._gamma,
             alpha=alpha, from_sigmoid=self._from_sigmoid, eps=self._eps,

@@ -375,3 +375,21 @@ def test_prior_probability_survives_a_saved_symbol_graph(tmp_path):
                                rtol=1e-6)
     with pytest.raises(ValueError, match=r'pi=1.5 must be in \(0, 1\)'):
         gluon_focal.PriorProbability(1.5)
+
+
+@pytest.mark.parametrize('impl', IMPLS)
+@pytest.mark.parametrize('hybridize', [False, True])
+def test_grad_req_add_accumulates(impl, hybridize):
+    rng = np.random.RandomState(8)
+    pred, label = make_case(rng, 'sparse', (3, 6, 4), -1)
+    loss_fn = gluon_focal.FocalLoss(label_mode='sparse', impl=impl)
+    if hybridize:
+        loss_fn.hybridize(static_alloc=True)
+    _, once = run_loss(loss_fn, pred, label)
+    x = mx.nd.array(pred)
+    x.attach_grad(grad_req='add')
+    for _ in range(3):
+        with autograd.record():
+            out = loss_fn(x, mx.nd.array(label))
+        out.backward()
+    np.testing.assert_allclose(x.grad.asnumpy(), 3 * once, rtol=1e-5, atol=1e-9)

@@ -1,0 +1,325 @@
+"""Forward+backward benchmark of sigmoid focal loss implementations on MXNet.
+
+    python benchmarks/bench_loss.py [--quick] [--json PATH] [--repeats N]
+                                    [--workloads W1,W2s,...] [--no-rss]
+
+One process, one table.  Every implementation is a hybridized Gluon block run
+under autograd.record(); a step is forward + backward + wait_to_read on the
+gradient; the median of the repeats after warm-up is reported, in ms and in
+ns per logit element, with ratios against gluon.loss.SigmoidBCELoss and
+gluoncv.loss.FocalLoss on the same workload.
+
+Implementations
+  fused-1t / fused-2t  ours, the fused C++ op with 1 / 2 threads
+                       (gluon_focal.FocalLoss(impl='fused') when it exists,
+                       else a minimal HybridBlock around the raw op)
+  composite            gluon_focal.FocalLoss(impl='composite') (if present)
+  gluoncv              gluoncv.loss.FocalLoss (from_logits=False, i.e. logits)
+  bce                  gluon.loss.SigmoidBCELoss (no focal term; speed floor)
+  torch-*              torchvision's sigmoid_focal_loss formula, only if torch
+                       is importable (it is not in this environment)
+Baselines run with MXNet's own default thread count.
+
+Workloads (full size; --quick shrinks them)
+  W1   SSD 32x24564x21, axis -1, sparse labels (class 0 = background)
+  W2s  RetinaNet-COCO 8x120000x80, axis -1, ~0.1% positives, sparse labels
+  W2d  same, dense one-hot labels
+  W3   binary segmentation 16x1x512x512 logits, 0/1 masks 16x1x512x512
+  W4   segmentation 8x21x256x256, axis 1, sparse labels 8x256x256
+gluoncv's FocalLoss one-hots sparse labels on the LAST axis only, so for W4 it
+gets a precomputed dense one-hot label of pred's shape (sparse_label=False);
+for W3 it gets the mask with sparse_label=False.  For W2s/W1 gluoncv needs
+num_class; it is given C (W1 includes background as class 0, like SSD).
+
+Peak memory: each implementation runs W1 in its own subprocess; "extra MB" is
+the peak RSS minus the RSS after pred/label were created (so it includes the
+gradient buffer and every temporary); the target for ours is gradient + <10%.
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import mxnet as mx  # noqa: E402
+from mxnet import autograd, gluon  # noqa: E402
+
+WORKLOADS = {
+    # name: (pred shape, axis, label kind, full/quick factor handled below)
+    'W1': dict(shape=(32, 24564, 21), axis=-1, label='sparse', pos=None),
+    'W2s': dict(shape=(8, 120000, 80), axis=-1, label='sparse', pos=0.001),
+    'W2d': dict(shape=(8, 120000, 80), axis=-1, label='dense', pos=0.001),
+    'W3': dict(shape=(16, 1, 512, 512), axis=1, label='binary', pos=0.2),
+    'W4': dict(shape=(8, 21, 256, 256), axis=1, label='sparse', pos=None),
+}
+QUICK = {'W1': (4, 4096, 21), 'W2s': (2, 12000, 80), 'W2d': (2, 12000, 80),
+         'W3': (2, 1, 128, 128), 'W4': (2, 21, 64, 64)}
+
+
+def make_inputs(wl, shape, seed=0):
+    rng = np.random.RandomState(seed)
+    axis = wl['axis'] % len(shape)
+    C = shape[axis]
+    pred = rng.randn(*shape).astype(np.float32)
+    lshape = tuple(s for i, s in enumerate(shape) if i != axis)
+    if wl['label'] == 'binary':
+        lab = (rng.rand(*shape) < wl['pos']).astype(np.float32)
+        return pred, lab, lab
+    if wl['pos'] is None:
+        sparse = rng.randint(0, C, size=lshape)
+    else:  # mostly background (-1 -> no positive), rare positives
+        sparse = np.where(rng.rand(*lshape) < wl['pos'], rng.randint(0, C, size=lshape), -1)
+    if wl['label'] == 'dense':
+        dense = np.zeros(shape, np.float32)
+        idx = np.nonzero(sparse >= 0)
+        dense[idx + (sparse[idx],)] = 1.0
+        return pred, dense, sparse
+    return pred, sparse.astype(np.float32), sparse
+
+
+class RawFused(gluon.HybridBlock):
+    def __init__(self, **attrs):
+        super(RawFused, self).__init__()
+        self.attrs = attrs
+
+    def hybrid_forward(self, F, x, y):
+        from gluon_focal import kernel
+        return kernel.fused_focal_loss(F, x, y, grad_add=False, **self.attrs)
+
+
+def build_impl(name, wl, shape):
+    """Return (block, label_variant) or raise for 'not applicable'."""
+    axis = wl['axis']
+    C = shape[axis % len(shape)]
+    mode = 'sparse' if wl['label'] == 'sparse' else 'dense'
+    bg = -1 if (wl['label'] == 'sparse' and wl['pos'] is not None) else None
+    if name.startswith('fused'):
+        try:
+            import gluon_focal
+            fl = gluon_focal.FocalLoss(axis=axis, label_mode='binary' if wl['label'] == 'binary'
+                                       else mode, background_label=bg, impl='fused',
+                                       normalization='mean')
+            return fl, 'native'
+        except Exception:  # noqa: BLE001 - lead's FocalLoss not ready: raw op
+            return RawFused(mode=mode, axis=axis, background_label=bg,
+                            normalization='mean'), 'native'
+    if name == 'composite':
+        import gluon_focal
+        return gluon_focal.FocalLoss(axis=axis, label_mode='binary' if wl['label'] == 'binary'
+                                     else mode, background_label=bg, impl='composite',
+                                     normalization='mean'), 'native'
+    if name == 'gluoncv':
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            from gluoncv.loss import FocalLoss as GFL
+        if wl['label'] == 'sparse' and axis % len(shape) == len(shape) - 1:
+            # gluoncv one_hot(-1) gives all-zero rows: same as background
+            return GFL(axis=axis, sparse_label=True, num_class=C), 'native'
+        return GFL(axis=axis, sparse_label=False), 'onehot'
+    if name == 'bce':
+        return gluon.loss.SigmoidBCELoss(from_sigmoid=False), 'onehot'
+    raise KeyError(name)
+
+
+def label_for(variant, wl, shape, lab_native, sparse):
+    if variant == 'native' or wl['label'] in ('dense', 'binary'):
+        return lab_native
+    axis = wl['axis'] % len(shape)
+    oh = np.zeros(shape, np.float32)
+    s = np.moveaxis(sparse, -1, -1)
+    idx = np.nonzero(s >= 0)
+    full = list(idx)
+    full.insert(axis, s[idx])
+    oh[tuple(full)] = 1.0
+    return oh
+
+
+def time_impl(blk, x_np, y_np, warmup, repeats):
+    blk.hybridize(static_alloc=True, static_shape=True)
+    x = mx.nd.array(x_np)
+    y = mx.nd.array(y_np)
+    x.attach_grad()
+    mx.nd.waitall()
+    ts = []
+    for i in range(warmup + repeats):
+        t0 = time.perf_counter()
+        with autograd.record():
+            loss = blk(x, y)
+        loss.backward()
+        x.grad.wait_to_read()
+        ts.append(time.perf_counter() - t0)
+    del x, y
+    return float(np.median(ts[warmup:]))
+
+
+def impl_names(fused_ok):
+    names = []
+    if fused_ok:
+        names += ['fused-1t', 'fused-2t']
+    try:
+        import gluon_focal
+        if hasattr(gluon_focal, 'FocalLoss'):
+            names.append('composite')
+    except Exception:  # noqa: BLE001
+        pass
+    names += ['gluoncv', 'bce']
+    try:
+        import torch  # noqa: F401
+        names += ['torch-eager']
+    except Exception:  # noqa: BLE001
+        pass
+    return names
+
+
+def rss_child(impl, wname, quick):
+    """Run in a fresh process: print JSON with baseline/peak RSS."""
+    wl = WORKLOADS[wname]
+    shape = QUICK[wname] if quick else wl['shape']
+    pred, lab, sparse = make_inputs(wl, shape)
+    from gluon_focal import kernel
+    kernel.load()
+    if impl.startswith('fused'):
+        kernel.set_num_threads(2 if impl.endswith('2t') else 1)
+    blk, variant = build_impl(impl, wl, shape)
+    y_np = label_for(variant, wl, shape, lab, sparse)
+    x = mx.nd.array(pred)
+    y = mx.nd.array(y_np)
+    del pred, lab, sparse, y_np
+    mx.nd.waitall()
+    with open('/proc/self/statm') as f:
+        base = int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+    try:  # reset the high-water mark (VmHWM) so that import-time peaks don't count
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')
+        hwm_reset = True
+    except OSError:
+        hwm_reset = False
+    blk.hybridize(static_alloc=True, static_shape=True)
+    x.attach_grad()
+    for _ in range(2):
+        with autograd.record():
+            loss = blk(x, y)
+        loss.backward()
+        x.grad.wait_to_read()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if hwm_reset:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith('VmHWM:'):
+                    peak = int(line.split()[1]) * 1024
+    print(json.dumps({'base': base, 'peak': peak, 'grad_bytes': x.size * 4,
+                      'hwm_reset': hwm_reset}))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument('--quick', action='store_true')
+    ap.add_argument('--json', default=None)
+    ap.add_argument('--repeats', type=int, default=None)
+    ap.add_argument('--workloads', default='W1,W2s,W2d,W3,W4')
+    ap.add_argument('--impls', default=None)
+    ap.add_argument('--no-rss', action='store_true')
+    ap.add_argument('--rss-child', nargs=2, metavar=('IMPL', 'WORKLOAD'))
+    args = ap.parse_args()
+    if args.rss_child:
+        return rss_child(args.rss_child[0], args.rss_child[1], args.quick)
+
+    from gluon_focal import kernel
+    fused_ok = kernel.available()
+    repeats = args.repeats or (5 if args.quick else 3)
+    warmup = 2 if args.quick else 1
+    names = args.impls.split(',') if args.impls else impl_names(fused_ok)
+    rows = []
+    info = {'cpu_count': os.cpu_count(), 'mxnet': mx.__version__, 'quick': args.quick,
+            'simd': kernel.simd_level() if fused_ok else None,
+            'fused_default_threads': kernel.default_num_threads() if fused_ok else None,
+            'repeats': repeats, 'warmup': warmup}
+    if not fused_ok:
+        print('fused kernel unavailable: %s' % kernel.unavailable_reason(), file=sys.stderr)
+    for wname in args.workloads.split(','):
+        wl = WORKLOADS[wname]
+        shape = QUICK[wname] if args.quick else wl['shape']
+        pred, lab, sparse = make_inputs(wl, shape)
+        n = int(np.prod(shape))
+        for impl in names:
+            try:
+                if impl.startswith('fused'):
+                    kernel.set_num_threads(2 if impl.endswith('2t') else 1)
+                blk, variant = build_impl(impl, wl, shape)
+                y_np = label_for(variant, wl, shape, lab, sparse)
+                sec = time_impl(blk, pred, y_np, warmup, repeats)
+                rows.append(dict(workload=wname, shape=list(shape), impl=impl, ms=sec * 1e3,
+                                 ns_per_elem=sec * 1e9 / n, label=variant))
+            except Exception as err:  # noqa: BLE001
+                rows.append(dict(workload=wname, shape=list(shape), impl=impl, ms=None,
+                                 ns_per_elem=None, error='%s: %s' % (type(err).__name__, err)))
+            finally:
+                if fused_ok:
+                    kernel.set_num_threads(0)
+                mx.nd.waitall()
+    # ratios
+    for r in rows:
+        for ref in ('bce', 'gluoncv'):
+            base = [b for b in rows if b['workload'] == r['workload'] and b['impl'] == ref]
+            if base and base[0]['ms'] and r['ms']:
+                r['x_vs_' + ref] = r['ms'] / base[0]['ms']
+    mem = []
+    if not args.no_rss:
+        for impl in names:
+            cmd = [sys.executable, os.path.abspath(__file__), '--rss-child', impl, 'W1']
+            if args.quick:
+                cmd.append('--quick')
+            proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  universal_newlines=True)
+            try:
+                d = json.loads(proc.stdout.strip().splitlines()[-1])
+                d['impl'] = impl
+                d['extra_mb'] = (d['peak'] - d['base']) / 2**20
+                d['grad_mb'] = d['grad_bytes'] / 2**20
+                d['extra_over_grad'] = (d['peak'] - d['base']) / d['grad_bytes']
+                mem.append(d)
+            except Exception:  # noqa: BLE001
+                mem.append({'impl': impl, 'error': proc.stderr[-500:]})
+
+    print('# focal loss fwd+bwd, hybridized, median of %d after %d warm-up; %s; simd=%s; '
+          'cpus=%s' % (repeats, warmup, 'QUICK sizes' if args.quick else 'full sizes',
+                       info['simd'], info['cpu_count']))
+    hdr = '%-5s %-18s %-12s %10s %9s %8s %8s' % ('wl', 'shape', 'impl', 'ms', 'ns/elem',
+                                                 'x bce', 'x gcv')
+    print(hdr)
+    print('-' * len(hdr))
+    for r in rows:
+        if r['ms'] is None:
+            print('%-5s %-18s %-12s  n/a (%s)' % (r['workload'], 'x'.join(map(str, r['shape'])),
+                                                 r['impl'], r['error'][:60]))
+            continue
+        print('%-5s %-18s %-12s %10.2f %9.3f %8s %8s' % (
+            r['workload'], 'x'.join(map(str, r['shape'])), r['impl'], r['ms'], r['ns_per_elem'],
+            '%.2f' % r['x_vs_bce'] if 'x_vs_bce' in r else '-',
+            '%.2f' % r['x_vs_gluoncv'] if 'x_vs_gluoncv' in r else '-'))
+    if mem:
+        print('\n# peak memory, W1%s, one subprocess per implementation' %
+              (' (quick size)' if args.quick else ''))
+        print('%-12s %12s %10s %14s' % ('impl', 'extra MB', 'grad MB', 'extra/grad'))
+        for d in mem:
+            if 'error' in d:
+                print('%-12s  n/a %s' % (d['impl'], d['error'][-80:]))
+            else:
+                print('%-12s %12.1f %10.1f %14.3f' % (d['impl'], d['extra_mb'], d['grad_mb'],
+                                                     d['extra_over_grad']))
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump({'info': info, 'rows': rows, 'memory': mem}, f, indent=1)
+
+
+if __name__ == '__main__':
+    main()

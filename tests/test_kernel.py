@@ -1,0 +1,384 @@
+"""Tests of the fused ``gluon_focal_loss`` operator against tests/reference.py.
+
+The kernel must be built (setup.py / ``python -m gluon_focal.kernel.build``);
+if it is not, these tests FAIL rather than skip.
+"""
+import itertools
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import mxnet as mx
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+import reference as R  # noqa: E402
+
+from gluon_focal import kernel  # noqa: E402
+
+
+def test_kernel_is_built_and_loads():
+    assert kernel.available(), kernel.unavailable_reason()
+    assert kernel.unavailable_reason() is None
+    assert hasattr(mx.nd, kernel.OP_NAME) and hasattr(mx.sym, kernel.OP_NAME)
+    assert kernel.load() is True          # idempotent
+    assert os.path.isabs(kernel.library_path())
+    assert kernel.get_num_threads() >= 1
+
+
+TOL = {'float64': (1e-10, 1e-12), 'float32': (1e-5, 1e-6), 'float16': (2e-2, 2e-2)}
+
+
+def _close(got, ref, dtype, what):
+    rtol, arel = TOL[dtype]
+    got = np.asarray(got, dtype=np.float64)
+    scale = max(np.abs(ref).max(), 1e-30)
+    np.testing.assert_allclose(got, ref, rtol=rtol, atol=arel * scale, err_msg=what)
+
+
+def run_op(pred, label, dtype='float32', label_dtype='float32', head_grad=None, **attrs):
+    x = mx.nd.array(pred, dtype=dtype)
+    lab = mx.nd.array(label, dtype=label_dtype)
+    x.attach_grad()
+    with mx.autograd.record():
+        out = kernel.fused_focal_loss(mx.nd, x, lab, grad_add=False, **attrs)
+    hg = np.ones(out.shape) if head_grad is None else head_grad
+    out.backward(mx.nd.array(hg, dtype=dtype))
+    return out.asnumpy(), x.grad.asnumpy(), x.asnumpy().astype(np.float64)
+
+
+def check(pred, label, mode, dtype='float32', label_dtype='float32', ref_label=None, seed=0,
+          **kw):
+    rng = np.random.RandomState(seed)
+    ref_kw = dict(kw)
+    scale = ref_kw.pop('scale', 1.0)
+    norm = kw.get('normalization', 'mean')
+    # one forward to learn the output shape, then use a random head gradient
+    out_shape = pred.shape if norm == 'none' else (pred.shape[kw.get('batch_axis', 0)],)
+    hg = rng.uniform(0.5, 1.5, size=out_shape)
+    out, grad, xq = run_op(pred, label, dtype, label_dtype, head_grad=hg, mode=mode, **kw)
+    rl, rg = R.focal_loss(xq, label if ref_label is None else ref_label, label_mode=mode,
+                          head_grad=hg, weight=scale, **ref_kw)
+    assert out.shape == rl.shape
+    what = '%s %s %s' % (mode, dtype, kw)
+    _close(out, rl, dtype, 'loss ' + what)
+    # the reference derives the gradient from float64 pred; fp16 grads are
+    # rounded to fp16 on output
+    _close(grad, rg, dtype, 'grad ' + what)
+    assert np.isfinite(out).all() and np.isfinite(grad).all()
+
+
+RNG = np.random.RandomState(1234)
+LOGITS_SPARSE = RNG.randn(3, 40, 7) * 3
+LABELS_SPARSE = RNG.randint(-1, 7, size=(3, 40)).astype(np.float64)   # -1: ignore / bg
+NORMS = ['none', 'sum', 'mean', 'valid', 'positive']
+GAMMAS = [0.0, 0.5, 2.0]
+ALPHAS = [None, 0.25, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]]
+
+
+@pytest.mark.parametrize('norm', NORMS)
+@pytest.mark.parametrize('gamma', GAMMAS)
+@pytest.mark.parametrize('alpha_i', range(3))
+def test_sparse_last_axis(norm, gamma, alpha_i):
+    lab = LABELS_SPARSE.copy()
+    lab[0, :5] = 3            # background label 3 appears
+    check(LOGITS_SPARSE, lab, 'sparse', axis=-1, normalization=norm, gamma=gamma,
+          alpha=ALPHAS[alpha_i], ignore_label=-1, background_label=3)
+
+
+@pytest.mark.parametrize('norm', NORMS)
+@pytest.mark.parametrize('from_sigmoid', [False, True])
+def test_sparse_axis1_nchw(norm, from_sigmoid):
+    rng = np.random.RandomState(2)
+    pred = rng.randn(2, 5, 9, 70) * 3           # inner = 630 -> row layout
+    if from_sigmoid:
+        pred = rng.uniform(-0.05, 1.05, size=pred.shape)
+    lab = rng.randint(0, 5, size=(2, 9, 70)).astype(np.float64)
+    lab[0, 0, :10] = 255
+    check(pred, lab, 'sparse', axis=1, normalization=norm, gamma=2.0,
+          alpha=[0.9, 0.1, 0.25, 0.5, 0.75], ignore_label=255, from_sigmoid=from_sigmoid)
+    # small inner (pattern layout with gathers)
+    pred2 = rng.randn(2, 5, 3, 4) * 2
+    lab2 = rng.randint(0, 5, size=(2, 3, 4))
+    check(pred2, lab2, 'sparse', axis=1, normalization=norm, gamma=0.5, alpha=0.25,
+          from_sigmoid=False, label_dtype='int32')
+
+
+@pytest.mark.parametrize('norm', NORMS)
+@pytest.mark.parametrize('kind', ['onehot', 'multilabel', 'soft'])
+def test_dense(norm, kind):
+    rng = np.random.RandomState(3)
+    pred = rng.randn(4, 30, 6) * 3
+    if kind == 'onehot':
+        lab = np.eye(6)[rng.randint(0, 6, size=(4, 30))]
+    elif kind == 'multilabel':
+        lab = (rng.rand(4, 30, 6) < 0.3).astype(np.float64)
+    else:
+        lab = rng.rand(4, 30, 6)
+    lab[1, 2, :] = -1
+    for gamma, alpha in [(2.0, 0.25), (0.5, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]), (0.0, None)]:
+        check(pred, lab, 'dense', axis=-1, normalization=norm, gamma=gamma, alpha=alpha,
+              ignore_label=-1)
+        check(rng.uniform(-0.1, 1.1, size=pred.shape), lab, 'dense', axis=-1,
+              normalization=norm, gamma=gamma, alpha=alpha, ignore_label=-1,
+              from_sigmoid=True, eps=1e-6)
+
+
+@pytest.mark.parametrize('norm', NORMS)
+def test_binary_masks(norm):
+    rng = np.random.RandomState(4)
+    pred = rng.randn(2, 1, 20, 24) * 4
+    mask = (rng.rand(2, 20, 24) < 0.2).astype(np.float64)
+    mask[0, 0, :4] = 255
+    # N x H x W mask for N x 1 x H x W pred, and the N x 1 x H x W mask
+    check(pred, mask, 'dense', axis=1, normalization=norm, gamma=2.0, alpha=0.25,
+          ignore_label=255, label_dtype='uint8')
+    check(pred, mask[:, None], 'dense', axis=1, normalization=norm, gamma=2.0, alpha=0.25,
+          ignore_label=255)
+
+
+@pytest.mark.parametrize('dtype', ['float16', 'float64'])
+@pytest.mark.parametrize('mode', ['sparse', 'dense'])
+def test_dtypes(dtype, mode):
+    rng = np.random.RandomState(5)
+    pred = rng.randn(3, 50, 5) * 2
+    if mode == 'sparse':
+        lab = rng.randint(0, 5, size=(3, 50))
+    else:
+        lab = (rng.rand(3, 50, 5) < 0.3).astype(np.float64)
+    for norm in ['none', 'mean', 'positive']:
+        for ldt in ['float16', 'int64', 'int8', 'float64']:
+            check(pred, lab, mode, dtype=dtype, label_dtype=ldt, normalization=norm, gamma=2.0,
+                  alpha=0.25, axis=-1, scale=0.5)
+
+
+def test_scale_and_batch_axis():
+    rng = np.random.RandomState(6)
+    pred = rng.randn(6, 4, 3) * 2          # batch axis 1 precedes class axis 2
+    lab = rng.randint(0, 3, size=(6, 4))
+    for norm in ['sum', 'valid', 'mean']:
+        check(pred, lab, 'sparse', axis=2, batch_axis=1, normalization=norm, scale=2.5)
+    # 1-D binary pred: the class axis coincides with the batch axis
+    check(rng.randn(50), (rng.rand(50) < 0.5) * 1.0, 'dense', axis=-1, normalization='sum')
+
+
+def test_extreme_logits_finite():
+    for dtype, big in [('float32', 1e4), ('float16', 60000.0)]:
+        pred = np.array([[-big, -100, -20, 0, 20, 100, big]] * 2)
+        for mode, lab in [('dense', np.tile([0., 1., 0., 1., 0., 1., 0.], (2, 1))),
+                          ('sparse', np.array([0, 6]))]:
+            for gamma in [0.0, 0.5, 2.0]:
+                for norm in ['none', 'mean']:
+                    out, grad, _ = run_op(pred, lab, dtype, mode=mode, gamma=gamma,
+                                          normalization=norm, alpha=0.25)
+                    assert np.isfinite(out).all() and np.isfinite(grad).all(), (dtype, mode, gamma)
+        check(np.array([[-1e4, -80., 80., 1e4]]), np.array([[1., 0., 1., 0.]]), 'dense',
+              normalization='none', gamma=2.0)
+
+
+def test_threads_agree_and_scalar_path():
+    rng = np.random.RandomState(7)
+    pred = rng.randn(4, 9000, 9).astype(np.float32)       # big enough to thread
+    lab = rng.randint(0, 9, size=(4, 9000))
+    res = []
+    old = kernel.get_num_threads()
+    try:
+        for nt in (1, 2, 1):
+            kernel.set_num_threads(nt)
+            res.append(run_op(pred, lab, mode='sparse', normalization='positive')[:2])
+        kernel._force_scalar(True)
+        scalar = run_op(pred, lab, mode='sparse', normalization='positive')[:2]
+    finally:
+        kernel._force_scalar(False)
+        kernel.set_num_threads(0)
+    assert kernel.get_num_threads() == kernel.default_num_threads()
+    for a, b in zip(res[0], res[1]):
+        assert np.array_equal(a, b)            # bit-identical across thread counts
+    for a, b in zip(res[0], res[2]):
+        assert np.array_equal(a, b)
+    for a, b in zip(res[0], scalar):
+        np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-12)
+    kernel.set_num_threads(old)
+
+
+def test_grad_req_add():
+    rng = np.random.RandomState(8)
+    pred = mx.nd.array(rng.randn(2, 30, 5))
+    lab = mx.nd.array(rng.randint(0, 5, size=(2, 30)))
+    kw = dict(mode='sparse', normalization='sum')
+
+    pred.attach_grad()
+    with mx.autograd.record():
+        loss = kernel.fused_focal_loss(mx.nd, pred, lab, **kw)
+    loss.backward()
+    g1 = pred.grad.asnumpy().copy()
+
+    # imperative: 'auto' detects the attached gradient
+    pred.attach_grad(grad_req='add')
+    for _ in range(3):
+        with mx.autograd.record():
+            loss = kernel.fused_focal_loss(mx.nd, pred, lab, **kw)
+        loss.backward()
+    np.testing.assert_allclose(pred.grad.asnumpy(), 3 * g1, rtol=1e-6)
+
+    class Block(mx.gluon.HybridBlock):
+        def __init__(self, grad_add):
+            super(Block, self).__init__()
+            self.grad_add = grad_add
+
+        def hybrid_forward(self, F, x, y):
+            return kernel.fused_focal_loss(F, x, y, grad_add=self.grad_add, **kw)
+
+    blk = Block(True)
+    blk.hybridize()
+    pred.attach_grad(grad_req='add')
+    for _ in range(2):
+        with mx.autograd.record():
+            loss = blk(pred, lab)
+        loss.backward()
+    np.testing.assert_allclose(pred.grad.asnumpy(), 2 * g1, rtol=1e-6)
+
+    # documented limitation of the raw op: it overwrites
+    raw = Block(False)
+    raw.hybridize()
+    pred.attach_grad(grad_req='add')
+    for _ in range(2):
+        with mx.autograd.record():
+            loss = raw(pred, lab)
+        loss.backward()
+    np.testing.assert_allclose(pred.grad.asnumpy(), g1, rtol=1e-6)
+
+    # two consumers of one prediction: MXNet sums the two gradients itself
+    x = mx.nd.array(rng.randn(2, 30, 5))
+    x.attach_grad()
+    with mx.autograd.record():
+        h = x * 1.0
+        loss = (kernel.fused_focal_loss(mx.nd, h, lab, **kw)
+                + kernel.fused_focal_loss(mx.nd, h, lab, **kw))
+    loss.backward()
+    x2 = x.copy()
+    x2.attach_grad()
+    with mx.autograd.record():
+        loss = kernel.fused_focal_loss(mx.nd, x2 * 1.0, lab, **kw)
+    loss.backward()
+    np.testing.assert_allclose(x.grad.asnumpy(), 2 * x2.grad.asnumpy(), rtol=1e-6)
+
+
+def test_hybridized_equals_imperative_and_label_grad():
+    rng = np.random.RandomState(9)
+    kw = dict(mode='sparse', axis=1, normalization='valid', ignore_label=-1, gamma=0.5,
+              alpha=[0.2, 0.3, 0.5])
+
+    class Block(mx.gluon.HybridBlock):
+        def hybrid_forward(self, F, x, y):
+            return kernel.fused_focal_loss(F, x, y, grad_add=False, **kw)
+
+    pred = rng.randn(2, 3, 8, 8)
+    lab = rng.randint(-1, 3, size=(2, 8, 8))
+    results = []
+    for hybrid in (False, True):
+        blk = Block()
+        if hybrid:
+            blk.hybridize(static_alloc=True, static_shape=True)
+        x = mx.nd.array(pred)
+        y = mx.nd.array(lab)
+        x.attach_grad()
+        y.attach_grad()
+        with mx.autograd.record():
+            out = blk(x, y)
+        out.backward()
+        results.append((out.asnumpy(), x.grad.asnumpy()))
+        assert not y.grad.asnumpy().any()
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
+BAD_LABEL_SCRIPT = textwrap.dedent('''
+    import sys, numpy as np, mxnet as mx
+    from gluon_focal import kernel
+    kernel.load()
+    pred = mx.nd.zeros((2, 3, 4))
+    lab = mx.nd.array(np.array(LABEL))
+    try:
+        out = kernel.fused_focal_loss(mx.nd, pred, lab, mode='sparse', ignore_label=-1,
+                                      background_label=BG)
+        out.wait_to_read()
+    except mx.base.MXNetError as err:
+        print('MXNETERROR', str(err).replace('\\n', ' '))
+        sys.exit(0)
+    print('NO ERROR')
+''')
+
+
+@pytest.mark.parametrize('label,bg,needle', [
+    ([[0, 1, 2], [7, 0, 1]], 'None', 'sparse label value 7 at label position (1, 0)'),
+    ([[0, 1.5, 2], [0, 0, 1]], 'None', 'sparse label value 1.5 at label position (0, 1)'),
+    ([[0, 1, -3], [0, 0, 1]], '9', 'sparse label value -3 at label position (0, 2)'),
+])
+def test_bad_sparse_labels_raise(label, bg, needle):
+    script = BAD_LABEL_SCRIPT.replace('LABEL', repr(label)).replace('BG', bg)
+    proc = subprocess.run([sys.executable, '-c', script], cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert 'MXNETERROR' in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    assert needle in proc.stdout, proc.stdout
+    assert 'expected an integer in [0, 4)' in proc.stdout
+    assert 'or ignore_label=-1' in proc.stdout
+
+
+def test_attribute_and_shape_errors():
+    x = mx.nd.zeros((2, 3, 4))
+    with pytest.raises(mx.base.MXNetError, match='sparse.*needs label shape'):
+        kernel.fused_focal_loss(mx.nd, x, mx.nd.zeros((2, 4)), mode='sparse').wait_to_read()
+    with pytest.raises(mx.base.MXNetError, match='alpha has 2 entries'):
+        kernel.fused_focal_loss(mx.nd, x, x, alpha=[0.1, 0.2]).wait_to_read()
+    with pytest.raises(mx.base.MXNetError, match='normalization'):
+        mx.nd.gluon_focal_loss(x, x, normalization='avg').wait_to_read()
+    with pytest.raises(ValueError):
+        kernel.op_attrs(normalization='avg')
+
+
+EXPORT_SCRIPT = textwrap.dedent('''
+    import os, sys, numpy as np, mxnet as mx
+    tmp = sys.argv[1]
+    if sys.argv[2] == 'export':
+        from gluon_focal import kernel
+        class Net(mx.gluon.HybridBlock):
+            def hybrid_forward(self, F, x, y):
+                return kernel.fused_focal_loss(F, x, y, mode='sparse', normalization='sum',
+                                               grad_add=False)
+        net = Net(); net.hybridize()
+        x = mx.nd.array(np.arange(24).reshape(2, 3, 4) / 10.0); y = mx.nd.array([[0, 1, 2], [3, 3, 0]])
+        np.save(os.path.join(tmp, 'ref.npy'), net(x, y).asnumpy())
+        net.export(os.path.join(tmp, 'net'))
+        print('EXPORTED')
+    else:
+        if sys.argv[2] == 'import_with':
+            import gluon_focal.kernel as k; k.load()
+        try:
+            blk = mx.gluon.SymbolBlock.imports(os.path.join(tmp, 'net-symbol.json'),
+                                               ['data0', 'data1'])
+            x = mx.nd.array(np.arange(24).reshape(2, 3, 4) / 10.0); y = mx.nd.array([[0, 1, 2], [3, 3, 0]])
+            out = blk(x, y).asnumpy()
+            print('MATCH' if np.allclose(out, np.load(os.path.join(tmp, 'ref.npy'))) else 'DIFF')
+        except Exception as err:
+            print('FAILED', type(err).__name__, str(err)[:300].replace('\\n', ' '))
+''')
+
+
+def test_export_import_needs_gluon_focal(tmp_path):
+    def run(mode):
+        proc = subprocess.run([sys.executable, '-c', EXPORT_SCRIPT, str(tmp_path), mode],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              universal_newlines=True, timeout=120)
+        return proc.stdout + proc.stderr[-1500:]
+    assert 'EXPORTED' in run('export')
+    assert 'MATCH' in run('import_with')
+    without = run('import_without')
+    assert 'FAILED' in without and 'gluon_focal_loss' in without, without
+    assert 'import gluon_focal' in kernel.IMPORT_HINT

@@ -63,9 +63,10 @@ def class_index_like(F, pred, axis, dtype):
     return F.cast(F.squeeze(index, axis=-1), dtype=dtype)
 
 
-def dense_targets(F, pred, label, resolved, dtype, ignore_label, background_label):
+def dense_targets(F, label, resolved, dtype, class_index, ignore_label, background_label):
     """Return (target, valid) in ``dtype``: 0/1 or soft targets and a 0/1
-    validity mask, both broadcastable to ``pred``."""
+    validity mask, both broadcastable to ``pred``. Sparse labels are compared
+    with ``class_index`` (see :func:`class_index_like`)."""
     label = F.cast(label, dtype=dtype)
     if resolved.mode == 'sparse':
         position = F.expand_dims(label, axis=resolved.axis)
@@ -74,8 +75,7 @@ def dense_targets(F, pred, label, resolved, dtype, ignore_label, background_labe
             # background positions match no class: every target is 0
             position = F.where(position == background_label, F.ones_like(position) * -1,
                                position)
-        classes = class_index_like(F, pred, resolved.axis, dtype)
-        return F.broadcast_equal(classes, position), valid
+        return F.broadcast_equal(class_index, position), valid
     if resolved.expand_label:
         label = F.expand_dims(label, axis=resolved.axis)
     if ignore_label is None:
@@ -167,7 +167,7 @@ class FocalLoss(Loss):
         self._num_class = _check_num_class(num_class)
         self._axis = _check_int('axis', axis)
         self._label_mode = _check_choice('label_mode', label_mode, LABEL_MODES)
-        self._alpha, alpha_per_class = _check_alpha(alpha, self._num_class)
+        self._alpha, self._alpha_values = _check_alpha(alpha, self._num_class)
         self._gamma = _check_gamma(gamma)
         self._from_sigmoid = bool(from_sigmoid)
         self._ignore_label = _check_label_value('ignore_label', ignore_label)
@@ -183,8 +183,10 @@ class FocalLoss(Loss):
         self._resolved = None
         self._grad_add = False
         self.alpha_per_class = None
-        if alpha_per_class is not None:
-            self.alpha_per_class = self.params.get_constant('alpha_per_class', alpha_per_class)
+        if self._alpha_values is not None and self._impl == 'composite':
+            # the composite graph looks alpha up per element; the kernel takes it as attribute
+            self.alpha_per_class = self.params.get_constant('alpha_per_class',
+                                                            self._alpha_values)
 
     @property
     def impl(self):
@@ -221,13 +223,18 @@ class FocalLoss(Loss):
             return self._fused(F, pred, label, self._normalization, self._weight)
         # float16 inputs are computed in float32, like the kernel does
         compute = 'float32' if resolved.dtype == 'float16' else resolved.dtype
-        target, valid = dense_targets(F, pred, label, resolved, compute, self._ignore_label,
-                                      self._background_label)
+        class_index = None
+        if resolved.mode == 'sparse' or (alpha_per_class is not None and
+                                         self._impl == 'composite'):
+            class_index = class_index_like(F, pred, resolved.axis, compute)
+        target, valid = dense_targets(F, label, resolved, compute, class_index,
+                                      self._ignore_label, self._background_label)
         if self._impl == 'fused':
             loss = _cast(F, self._fused(F, pred, label, 'none', None), resolved.dtype, compute)
         else:
             loss = self._composite_elementwise(F, _cast(F, pred, resolved.dtype, compute),
-                                               target, valid, alpha_per_class, compute)
+                                               target, valid, alpha_per_class, class_index,
+                                               compute)
         if sample_weight is not None:
             loss = F.broadcast_mul(loss, _cast(F, sample_weight, resolved.dtype, compute))
         if self._weight is not None:
@@ -235,19 +242,18 @@ class FocalLoss(Loss):
         loss = reduce_loss(F, loss, target, valid, self._normalization, self._batch_axis)
         return _cast(F, loss, compute, resolved.dtype)
 
-    def _composite_elementwise(self, F, pred, target, valid, alpha_per_class, dtype):
+    def _composite_elementwise(self, F, pred, target, valid, alpha_per_class, class_index,
+                               dtype):
         loss = sigmoid_focal_terms(F, pred, target, self._gamma, self._from_sigmoid, self._eps)
         if alpha_per_class is not None:
-            class_index = class_index_like(F, pred, self._resolved.axis, 'int32')
-            loss = loss * alpha_weights(F, target, F.cast(alpha_per_class, dtype), class_index)
+            alpha = _cast(F, alpha_per_class, 'float32', dtype)
+            loss = loss * alpha_weights(F, target, alpha, class_index)
         elif self._alpha is not None:
             loss = loss * alpha_weights(F, target, self._alpha)
         return F.broadcast_mul(loss, valid)
 
     def _fused(self, F, pred, label, normalization, weight):
-        alpha = self._alpha
-        if self.alpha_per_class is not None:
-            alpha = tuple(self.alpha_per_class.value.asnumpy().tolist())
+        alpha = self._alpha if self._alpha_values is None else tuple(self._alpha_values)
         return kernel.fused_focal_loss(
             F, pred, label, grad_add=self._grad_add,
             mode='sparse' if self._resolved.mode == 'sparse' else 'dense',
@@ -279,9 +285,9 @@ class FocalLoss(Loss):
             param.reset_ctx(contexts + [ctx])
 
     def _check_alpha_length(self, num_classes_seen, resolved):
-        if self.alpha_per_class is None:
+        if self._alpha_values is None:
             return
-        length = self.alpha_per_class.shape[0]
+        length = len(self._alpha_values)
         if length != num_classes_seen:
             raise ValueError('alpha has %d per-class values but pred.shape[axis=%d] is %d.'
                              % (length, resolved.axis, num_classes_seen))

@@ -1,0 +1,233 @@
+"""Sigmoid focal loss for semantic segmentation, a drop-in for GluonCV's
+``MixSoftmaxCrossEntropyLoss``.
+
+It is called the same way -- ``criterion(*outputs, label)``, with the main
+output first and any auxiliary outputs after it -- so it works in GluonCV's
+training loop and through ``gluoncv.utils.parallel.DataParallelCriterion``.
+The focal math is :class:`gluon_focal.FocalLoss` (one child block, hybridizable);
+this class only maps segmentation label layouts onto it and weights the
+auxiliary outputs.
+
+Label layouts (class axis 1; ``ignore_label`` excluded everywhere):
+
+============  =====================  ==========================  ==================================
+mode          pred (logits)          label                       label values
+============  =====================  ==========================  ==================================
+binary        N x 1 x H x W          N x H x W or N x 1 x H x W  ``binary_values`` = (bg, fg):
+                                                                 (0, 1) default, (0, 255) for
+                                                                 0/255 masks
+multiclass    N x C x H x W, C > 1   N x H x W                   class index 0..C-1 (int or float)
+multilabel    N x C x H x W, C > 1   N x C x H x W               ``binary_values`` per element
+============  =====================  ==========================  ==================================
+
+``mode='auto'`` (default) picks binary when C == 1, multilabel when the label
+has pred's shape, multiclass otherwise.
+"""
+import numbers
+
+import numpy as np
+
+import mxnet as mx
+from mxnet.gluon.loss import Loss
+
+from ..loss import FocalLoss
+
+__all__ = ['SegmentationFocalLoss', 'MixSigmoidFocalLoss', 'SegmentationBCELoss']
+
+MODES = ('auto', 'binary', 'multiclass', 'multilabel')
+
+
+class SegmentationFocalLoss(Loss):
+    """Sigmoid focal loss over N x C x H x W logits with auxiliary outputs.
+
+    Parameters
+    ----------
+    aux : bool, default True
+        Whether the outputs after the first are auxiliary outputs to be added
+        with ``aux_weight`` (GluonCV's FCN/PSP/DeepLab with ``aux=True`` return
+        ``(main, aux)``).  With ``aux=False`` exactly one output is accepted.
+    aux_weight : float or sequence of float, default 0.2
+        Weight of each auxiliary output's loss (one float for all, or one each).
+    ignore_label : number or None, default -1
+        Label value whose pixels (binary/multiclass) or elements (multilabel)
+        contribute nothing.  GluonCV datasets use -1; raw VOC PNGs use 255.
+    mode : {'auto', 'binary', 'multiclass', 'multilabel'}
+        See the module docstring's table.
+    binary_values : (background, foreground), default (0, 1)
+        The two values binary and multilabel masks hold.  ``(0, 255)`` for
+        masks saved as 0/255 images: they are mapped to 0/1 targets.  Nothing
+        is guessed: with ``validate=True`` any other value (other than
+        ``ignore_label``) raises ``ValueError``.
+    validate : bool, default True
+        Check the label values on every call (one host sync per call).  With
+        ``validate=False`` binary/multilabel masks may be *soft*: a value v
+        maps to the target ``(v - bg) / (fg - bg)``, which must be in [0, 1].
+    alpha, gamma, from_sigmoid, weight, impl :
+        As in :class:`gluon_focal.FocalLoss` (``alpha=None, gamma=0`` is
+        plain binary cross-entropy, see :class:`SegmentationBCELoss`).
+    normalization : {'valid', 'mean', 'sum', 'positive'}, default 'valid'
+        Per-sample reduction of each output's loss (see ``FocalLoss``):
+        'valid' averages over the non-ignored elements (pixels x classes), the
+        analogue of ``MixSoftmaxCrossEntropyLoss``'s average; 'positive'
+        divides the sum by the number of foreground elements in the batch
+        (RetinaNet's normalisation; a per-device batch under
+        ``DataParallelCriterion``).
+    batch_axis : int, default 0
+
+    Inputs: ``loss(pred1, [pred2, ...], label, sample_weight=None)``; with
+    ``aux=True`` every pred must have the same shape.  Output: shape (N,),
+    ``loss(pred1) + sum_k aux_weight_k * loss(pred_{k+1})``.
+    """
+
+    def __init__(self, aux=True, aux_weight=0.2, ignore_label=-1, mode='auto',
+                 binary_values=(0, 1), validate=True, alpha=0.25, gamma=2.0,
+                 from_sigmoid=False, normalization='valid', weight=None, batch_axis=0,
+                 impl='auto', **kwargs):
+        super().__init__(None, batch_axis, **kwargs)
+        if mode not in MODES:
+            raise ValueError('mode=%r is not one of %s' % (mode, MODES))
+        if normalization == 'none':
+            raise ValueError("normalization='none' is not supported here: aux outputs "
+                             "are summed per sample; use FocalLoss directly")
+        self.aux = bool(aux)
+        self.aux_weight = aux_weight
+        self._check_aux_weight(aux_weight)
+        self._ignore_label = ignore_label
+        self._mode = mode
+        bg, fg = binary_values
+        if bg == fg:
+            raise ValueError('binary_values=%r: background and foreground must differ'
+                             % (binary_values,))
+        if ignore_label is not None and ignore_label in (bg, fg):
+            raise ValueError('ignore_label=%r collides with binary_values=%r'
+                             % (ignore_label, binary_values))
+        self._binary_values = (float(bg), float(fg))
+        self._validate = bool(validate)
+        with self.name_scope():
+            self.focal = FocalLoss(axis=1, label_mode='auto', alpha=alpha, gamma=gamma,
+                                   from_sigmoid=from_sigmoid, ignore_label=ignore_label,
+                                   normalization=normalization, weight=weight,
+                                   batch_axis=batch_axis, impl=impl)
+
+    # -- helpers -----------------------------------------------------------------
+    @staticmethod
+    def _check_aux_weight(aux_weight):
+        weights = aux_weight if isinstance(aux_weight, (list, tuple)) else [aux_weight]
+        for w in weights:
+            if isinstance(w, bool) or not isinstance(w, numbers.Real):
+                raise ValueError('aux_weight must be a number or a sequence of numbers, '
+                                 'got %r' % (aux_weight,))
+
+    def _aux_weights(self, num_aux):
+        if isinstance(self.aux_weight, (list, tuple)):
+            if len(self.aux_weight) != num_aux:
+                raise ValueError('%d aux_weight values for %d auxiliary outputs'
+                                 % (len(self.aux_weight), num_aux))
+            return [float(w) for w in self.aux_weight]
+        return [float(self.aux_weight)] * num_aux
+
+    def resolve_mode(self, pred_shape, label_shape):
+        """The mode ('binary', 'multiclass' or 'multilabel') for these shapes."""
+        pred_shape, label_shape = tuple(pred_shape), tuple(label_shape)
+        if len(pred_shape) < 2:
+            raise ValueError('pred must be N x C x ..., got shape %s' % (pred_shape,))
+        num_class = pred_shape[1]
+        no_class_axis = label_shape == pred_shape[:1] + pred_shape[2:]
+        same = label_shape == pred_shape
+        mode = self._mode
+        if mode == 'auto':
+            if num_class == 1:
+                mode = 'binary'
+            elif same:
+                mode = 'multilabel'
+            else:
+                mode = 'multiclass'
+        if mode == 'binary':
+            ok = num_class == 1 and (same or no_class_axis)
+            expected = 'pred N x 1 x H x W with label N x H x W or N x 1 x H x W'
+        elif mode == 'multiclass':
+            ok = no_class_axis
+            expected = 'label N x H x W (class indices) for pred N x C x H x W'
+        else:
+            ok = same
+            expected = 'label of pred\'s shape N x C x H x W'
+        if not ok:
+            raise ValueError('%s mode: pred shape %s and label shape %s do not fit; expected %s'
+                             % (mode, pred_shape, label_shape, expected))
+        return mode
+
+    def _check_values(self, label, mode, num_class):
+        values = label.asnumpy().astype(np.float64)
+        if self._ignore_label is not None:
+            values = values[values != self._ignore_label]
+        if mode == 'multiclass':
+            bad = (values != np.round(values)) | (values < 0) | (values >= num_class)
+            expected = 'integer class indices in [0, %d)' % num_class
+        else:
+            bad = (values != self._binary_values[0]) & (values != self._binary_values[1])
+            expected = 'mask values %g (background) or %g (foreground); set ' \
+                       'binary_values=(0, 255) for 0/255 masks' % self._binary_values
+        if bad.any():
+            raise ValueError('%s label has %d value(s) like %s outside the expected %s '
+                             '(ignore_label=%r)' % (mode, int(bad.sum()),
+                                                    np.unique(values[bad])[:5].tolist(),
+                                                    expected, self._ignore_label))
+
+    def _targets(self, label, pred_shape, mode):
+        """Label in the layout FocalLoss(axis=1, label_mode='auto') reads."""
+        if mode == 'multiclass':
+            return label
+        if label.ndim == len(pred_shape) - 1:
+            label = label.expand_dims(axis=1)
+        label = label.astype('float32', copy=False)
+        bg, fg = self._binary_values
+        if (bg, fg) != (0.0, 1.0):
+            mapped = (label - bg) / (fg - bg)
+            if self._ignore_label is not None:
+                mapped = mx.nd.where(label == self._ignore_label, label, mapped)
+            label = mapped
+        return label
+
+    # -- forward -------------------------------------------------------------------
+    def forward(self, *inputs, sample_weight=None):
+        if len(inputs) < 2:
+            raise ValueError('expected loss(pred, [aux_pred, ...], label), got %d input(s)'
+                             % len(inputs))
+        preds, label = inputs[:-1], inputs[-1]
+        if not self.aux and len(preds) != 1:
+            raise ValueError('aux=False but %d predictions were passed; construct with '
+                             'aux=True to weight auxiliary outputs' % len(preds))
+        if not isinstance(label, mx.nd.NDArray):
+            raise TypeError('SegmentationFocalLoss runs on NDArrays; hybridize() makes its '
+                            'FocalLoss child a cached graph')
+        mode = self.resolve_mode(preds[0].shape, label.shape)
+        for p in preds[1:]:
+            if p.shape != preds[0].shape:
+                raise ValueError('auxiliary output shape %s differs from the main output '
+                                 'shape %s' % (p.shape, preds[0].shape))
+        if self._validate:
+            self._check_values(label, mode, preds[0].shape[1])
+        target = self._targets(label, preds[0].shape, mode)
+        loss = self.focal(preds[0], target, sample_weight)
+        for w, p in zip(self._aux_weights(len(preds) - 1), preds[1:]):
+            loss = loss + w * self.focal(p, target, sample_weight)
+        return loss
+
+    def hybrid_forward(self, F, *args, **kwargs):  # pragma: no cover - forward overrides
+        raise NotImplementedError
+
+
+# GluonCV-style name: MixSoftmaxCrossEntropyLoss -> MixSigmoidFocalLoss
+MixSigmoidFocalLoss = SegmentationFocalLoss
+
+
+class SegmentationBCELoss(SegmentationFocalLoss):
+    """Binary cross-entropy with the same layouts/aux handling (``gamma=0``,
+    ``alpha=None``): the baseline the focal loss is compared against."""
+
+    def __init__(self, **kwargs):
+        for key in ('alpha', 'gamma'):
+            if key in kwargs:
+                raise ValueError('SegmentationBCELoss fixes %s; use '
+                                 'SegmentationFocalLoss to set it' % key)
+        super().__init__(alpha=None, gamma=0.0, **kwargs)

@@ -109,7 +109,7 @@ def test_multiclass_rejects_out_of_range_labels():
     x = nd(RNG.randn(1, 3, 4, 4))
     with pytest.raises(ValueError, match='class indices'):
         SegmentationFocalLoss(aux=False)(x, nd(np.full((1, 4, 4), 3)))
-    with pytest.raises(ValueError, match='do not fit'):
+    with pytest.raises(ValueError, match='does not fit'):
         SegmentationFocalLoss(aux=False)(x, nd(np.zeros((1, 4, 5))))
 
 

@@ -30,11 +30,15 @@ import numpy as np
 import mxnet as mx
 from mxnet.gluon.loss import Loss
 
+from ..labels import ResolvedLabels, check_label_values, resolve_label_mode
 from ..loss import FocalLoss
 
 __all__ = ['SegmentationFocalLoss', 'MixSigmoidFocalLoss', 'SegmentationBCELoss']
 
 MODES = ('auto', 'binary', 'multiclass', 'multilabel')
+# the segmentation names of FocalLoss's label modes
+_FOCAL_LABEL_MODES = {'auto': 'auto', 'binary': 'binary', 'multiclass': 'sparse',
+                      'multilabel': 'dense'}
 
 
 class SegmentationFocalLoss(Loss):
@@ -127,54 +131,29 @@ class SegmentationFocalLoss(Loss):
         return [float(self.aux_weight)] * num_aux
 
     def resolve_mode(self, pred_shape, label_shape):
-        """The mode ('binary', 'multiclass' or 'multilabel') for these shapes."""
-        pred_shape, label_shape = tuple(pred_shape), tuple(label_shape)
-        if len(pred_shape) < 2:
-            raise ValueError('pred must be N x C x ..., got shape %s' % (pred_shape,))
-        num_class = pred_shape[1]
-        no_class_axis = label_shape == pred_shape[:1] + pred_shape[2:]
-        same = label_shape == pred_shape
-        mode = self._mode
-        if mode == 'auto':
-            if num_class == 1:
-                mode = 'binary'
-            elif same:
-                mode = 'multilabel'
-            else:
-                mode = 'multiclass'
-        if mode == 'binary':
-            ok = num_class == 1 and (same or no_class_axis)
-            expected = 'pred N x 1 x H x W with label N x H x W or N x 1 x H x W'
-        elif mode == 'multiclass':
-            ok = no_class_axis
-            expected = 'label N x H x W (class indices) for pred N x C x H x W'
-        else:
-            ok = same
-            expected = 'label of pred\'s shape N x C x H x W'
-        if not ok:
-            raise ValueError('%s mode: pred shape %s and label shape %s do not fit; expected %s'
-                             % (mode, pred_shape, label_shape, expected))
-        return mode
+        """The layout ('binary', 'multiclass' or 'multilabel') for these shapes."""
+        resolved = resolve_label_mode(pred_shape, label_shape, axis=1,
+                                      label_mode=_FOCAL_LABEL_MODES[self._mode])
+        if resolved.mode == 'sparse':
+            return 'multiclass'
+        return 'binary' if pred_shape[1] == 1 else 'multilabel'
 
     def _check_values(self, label, mode, num_class):
-        values = label.asnumpy().astype(np.float64)
-        if self._ignore_label is not None:
-            values = values[values != self._ignore_label]
-        if mode == 'multiclass':
-            bad = (values != np.round(values)) | (values < 0) | (values >= num_class)
-            expected = 'integer class indices in [0, %d)' % num_class
-        else:
-            bad = (values != self._binary_values[0]) & (values != self._binary_values[1])
-            expected = 'mask values %g (background) or %g (foreground); set ' \
-                       'binary_values=(0, 255) for 0/255 masks' % self._binary_values
-        if bad.any():
-            raise ValueError('%s label has %d value(s) like %s outside the expected %s '
-                             '(ignore_label=%r)' % (mode, int(bad.sum()),
-                                                    np.unique(values[bad])[:5].tolist(),
-                                                    expected, self._ignore_label))
+        """Masks must hold ``binary_values``; class maps must hold class indices."""
+        layout = ResolvedLabels('sparse' if mode == 'multiclass' else 'binary', 1, False,
+                                'float32')
+        try:
+            check_label_values(label.asnumpy(), layout, num_class, self._ignore_label)
+        except ValueError as err:
+            if mode == 'multiclass':
+                raise
+            raise ValueError('%s (after mapping binary_values=%r to 0/1; set '
+                             'binary_values=(0, 255) for 0/255 masks)'
+                             % (err, self._binary_values)) from None
 
     def _targets(self, label, pred_shape, mode):
-        """Label in the layout FocalLoss(axis=1, label_mode='auto') reads."""
+        """Label in the layout FocalLoss(axis=1, label_mode='auto') reads:
+        class indices as they are, masks mapped to 0/1 with pred's shape."""
         if mode == 'multiclass':
             return label
         if label.ndim == len(pred_shape) - 1:
@@ -205,9 +184,9 @@ class SegmentationFocalLoss(Loss):
             if p.shape != preds[0].shape:
                 raise ValueError('auxiliary output shape %s differs from the main output '
                                  'shape %s' % (p.shape, preds[0].shape))
-        if self._validate:
-            self._check_values(label, mode, preds[0].shape[1])
         target = self._targets(label, preds[0].shape, mode)
+        if self._validate:
+            self._check_values(target, mode, preds[0].shape[1])
         loss = self.focal(preds[0], target, sample_weight)
         for w, p in zip(self._aux_weights(len(preds) - 1), preds[1:]):
             loss = loss + w * self.focal(p, target, sample_weight)

@@ -1,0 +1,9 @@
+"""Detection: synthetic data, SSD focal multibox loss, RetinaNet."""
+from .data import (CLASSES, SyntheticShapesDetection, write_voc_detection,
+                   voc_detection, ShapesVOCDetection)
+from .ssd import (SSDFocalMultiBoxLoss, SigmoidSSD, init_focal_bias, tiny_ssd,
+                  TinySSDBackbone, ssd_anchors)
+from .retinanet import (RetinaNet, RetinaNetLoss, get_retinanet, retinanet_resnet18_v1b,
+                        retinanet_resnet50_v1b, scaled_resnet_v1b)
+from .targets import (RetinaNetTargetGenerator, RetinaNetTrainTransform, RetinaNetValTransform,
+                      BACKGROUND_LABEL, IGNORE_LABEL)

@@ -1,0 +1,344 @@
+"""Sigmoid focal loss for GluonCV's SSD, and sigmoid scoring at inference.
+
+Training
+--------
+:class:`SSDFocalMultiBoxLoss` is a drop-in replacement for
+:class:`gluoncv.loss.SSDMultiBoxLoss` in GluonCV's SSD training loop::
+
+    # mbox_loss = gluoncv.loss.SSDMultiBoxLoss()
+    mbox_loss = SSDFocalMultiBoxLoss()
+    with autograd.record():
+        cls_preds, box_preds = [], []
+        for x in data:                          # one slice per device
+            cls_pred, box_pred, _ = net(x)
+            cls_preds.append(cls_pred)
+            box_preds.append(box_pred)
+        sum_loss, cls_loss, box_loss = mbox_loss(cls_preds, box_preds, cls_targets, box_targets)
+        autograd.backward(sum_loss)
+    trainer.step(1)   # the losses are already normalized by the number of positives
+
+Same call, same return value (three lists with one ``(batch_per_device,)``
+array per device), same targets (``SSDDefaultTrainTransform``'s ``cls_targets``
+``{-1 ignore, 0 background, 1..C}`` and encoded ``box_targets``).  What changes:
+
+* classification is the sigmoid focal loss (Lin et al. 2017) of
+  :class:`gluon_focal.FocalLoss` on the ``C`` **foreground** columns
+  ``cls_preds[:, :, 1:]``; a foreground anchor of class ``k`` has target 1 in
+  column ``k`` and 0 elsewhere, a background anchor has all ``C`` targets 0;
+* every non-ignored anchor counts: there is **no hard negative mining**, the
+  focal term down-weights the easy negatives instead;
+* anchors with a negative class target (``-1``) are ignored entirely;
+* the background column 0 that GluonCV's SSD head still produces carries no
+  target and gets exactly zero gradient (it is simply unused);
+* the box loss is SSDMultiBoxLoss's smooth-L1 (``rho``) on positive anchors,
+  weighted by ``lambd``;
+* both terms are divided by the number of positive anchors over **all**
+  devices (at least 1), like SSDMultiBoxLoss.  Unlike SSDMultiBoxLoss, a batch
+  with no positive anchor is not skipped: its negatives still train the
+  classifier (normalized by 1).
+
+Use :func:`init_focal_bias` after ``net.initialize()``: the paper's prior
+initialisation (foreground bias ``-log((1 - pi) / pi)``, ``pi = 0.01``) keeps
+the thousands of background anchors from swamping the first iterations.
+
+Inference
+---------
+``gluoncv.model_zoo.ssd.SSD.hybrid_forward`` scores detections with a
+**softmax** over ``[background, class_1, ..., class_C]``.  A focal-trained head
+never learns column 0, so softmax scores are meaningless for it: each
+foreground column is an independent sigmoid classifier.  Score with
+``sigmoid(cls_preds[:, :, 1:])`` instead, which is what :class:`SigmoidSSD`
+does: it wraps a (trained) GluonCV ``SSD``, shares its parameters, and returns
+the usual ``(ids, scores, bboxes)`` with the same box decoding, per-class
+score threshold (0.01) and NMS as GluonCV.  In training mode it returns
+``[cls_preds, box_preds, anchors]`` like ``SSD``.  It hybridizes and exports
+(``SigmoidSSD(net).export(...)``) like any HybridBlock::
+
+    detector = SigmoidSSD(net)          # net: a focal-trained gluoncv SSD
+    ids, scores, bboxes = detector(x)   # scores are per-class sigmoid probabilities
+
+A small SSD for quick experiments on CPU is provided by :func:`tiny_ssd`.
+"""
+import math
+
+import mxnet as mx
+from mxnet import autograd, gluon, nd
+from mxnet.gluon import nn
+
+__all__ = ['SSDFocalMultiBoxLoss', 'SigmoidSSD', 'init_focal_bias', 'tiny_ssd',
+           'TinySSDBackbone', 'ssd_anchors']
+
+
+def _as_list(x):
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+class SSDFocalMultiBoxLoss(gluon.Block):
+    r"""Sigmoid focal classification + smooth-L1 box loss for GluonCV SSD.
+
+    A drop-in for :class:`gluoncv.loss.SSDMultiBoxLoss` (see the module
+    docstring for the exact differences).
+
+    Parameters
+    ----------
+    alpha : float or None, default 0.25
+        Focal loss class-balance weight of the positive targets.
+    gamma : float, default 2.0
+        Focusing parameter.
+    rho : float, default 1.0
+        Smooth-L1 transition point of the box loss (as in SSDMultiBoxLoss).
+    lambd : float, default 1.0
+        Weight of the box loss: ``L = L_cls + lambd * L_box``.
+    impl : str, default 'auto'
+        Passed to :class:`gluon_focal.FocalLoss`.
+    """
+
+    def __init__(self, alpha=0.25, gamma=2.0, rho=1.0, lambd=1.0, impl='auto', **kwargs):
+        super(SSDFocalMultiBoxLoss, self).__init__(**kwargs)
+        from gluon_focal import FocalLoss
+        self._rho = float(rho)
+        self._lambd = float(lambd)
+        with self.name_scope():
+            # labels are cls_target - 1: 0..C-1 foreground, -1 background, -2 ignore
+            self.focal = FocalLoss(axis=-1, label_mode='sparse', alpha=alpha, gamma=gamma,
+                                   ignore_label=-2, background_label=-1,
+                                   normalization='none', impl=impl)
+        # a cached graph skips FocalLoss's per-call label checks (a device sync);
+        # the labels built by focal_labels are valid by construction
+        self.focal.hybridize()
+
+    @staticmethod
+    def focal_labels(cls_target):
+        """Map SSD class targets ``{<0 ignore, 0 background, k >= 1}`` to the
+        sparse labels of the foreground columns ``{-2, -1, k - 1}``."""
+        return nd.where(cls_target < 0, nd.ones_like(cls_target) * -2, cls_target - 1)
+
+    def forward(self, cls_pred, box_pred, cls_target, box_target):
+        """Compute the losses over the whole batch across devices.
+
+        Parameters
+        ----------
+        cls_pred : NDArray or list of NDArray
+            ``(B, A, C + 1)`` class logits per device, background at column 0.
+        box_pred : NDArray or list of NDArray
+            ``(B, A, 4)`` encoded box predictions per device.
+        cls_target : NDArray or list of NDArray
+            ``(B, A)`` class targets: ``-1`` ignore, ``0`` background, ``1..C``.
+        box_target : NDArray or list of NDArray
+            ``(B, A, 4)`` encoded box targets.
+
+        Returns
+        -------
+        (sum_losses, cls_losses, box_losses) : three lists of ``(B,)`` NDArrays
+            One entry per device, each already divided by the number of
+            positive anchors over all devices.  ``sum = cls + lambd * box``.
+        """
+        cls_pred, box_pred, cls_target, box_target = [
+            _as_list(x) for x in (cls_pred, box_pred, cls_target, box_target)]
+        if not len(cls_pred) == len(box_pred) == len(cls_target) == len(box_target):
+            raise ValueError('cls_pred, box_pred, cls_target and box_target must have '
+                             'one entry per device each')
+        # cross-device reduction of the number of positive anchors
+        num_pos = [(ct > 0).sum() for ct in cls_target]
+        norm = max(1., sum(p.asscalar() for p in num_pos))
+
+        sum_losses, cls_losses, box_losses = [], [], []
+        for cp, bp, ct, bt in zip(cls_pred, box_pred, cls_target, box_target):
+            ct = ct.astype(cp.dtype, copy=False)
+            fg_pred = cp.slice_axis(axis=-1, begin=1, end=None)   # (B, A, C)
+            cls_loss = self.focal(fg_pred, self.focal_labels(ct))  # (B, A, C) elementwise
+            cls_loss = nd.sum(cls_loss, axis=0, exclude=True) / norm
+
+            pos = (ct > 0).expand_dims(axis=-1)
+            bp = bp.reshape_like(bt)
+            box_loss = nd.abs(bp - bt)
+            box_loss = nd.where(box_loss > self._rho, box_loss - 0.5 * self._rho,
+                                (0.5 / self._rho) * nd.square(box_loss))
+            box_loss = nd.sum(box_loss * pos, axis=0, exclude=True) / norm
+
+            cls_losses.append(cls_loss)
+            box_losses.append(box_loss)
+            sum_losses.append(cls_loss + self._lambd * box_loss)
+        return sum_losses, cls_losses, box_losses
+
+
+# ---------------------------------------------------------------------------
+# inference with sigmoid scores
+# ---------------------------------------------------------------------------
+class SigmoidSSD(gluon.HybridBlock):
+    """Wrap a GluonCV ``SSD`` so that detections are scored with sigmoids.
+
+    The wrapper owns ``ssd`` as its only child (parameters are shared, not
+    copied).  Inference output is GluonCV's ``(ids, scores, bboxes)``, each
+    ``(B, post_nms, 1|1|4)``, with ``scores = sigmoid(cls_preds[..., 1:])``
+    instead of ``softmax(cls_preds)[..., 1:]``; box decoding, the 0.01 score
+    threshold and per-class NMS are GluonCV's (``set_nms`` is forwarded).
+    In ``autograd`` training mode it returns ``[cls_preds, box_preds, anchors]``
+    exactly like ``SSD``.
+    """
+
+    def __init__(self, ssd, **kwargs):
+        super(SigmoidSSD, self).__init__(**kwargs)
+        with self.name_scope():
+            self.ssd = ssd
+
+    @property
+    def classes(self):
+        return self.ssd.classes
+
+    @property
+    def num_classes(self):
+        return self.ssd.num_classes
+
+    def set_nms(self, nms_thresh=0.45, nms_topk=400, post_nms=100):
+        """Forwarded to ``SSD.set_nms``."""
+        self._clear_cached_op()
+        self.ssd.set_nms(nms_thresh=nms_thresh, nms_topk=nms_topk, post_nms=post_nms)
+
+    def hybrid_forward(self, F, x):  # pylint: disable=arguments-differ
+        net = self.ssd
+        features = net.features(x)
+        cls_preds = [F.flatten(F.transpose(cp(feat), (0, 2, 3, 1)))
+                     for feat, cp in zip(features, net.class_predictors)]
+        box_preds = [F.flatten(F.transpose(bp(feat), (0, 2, 3, 1)))
+                     for feat, bp in zip(features, net.box_predictors)]
+        anchors = [F.reshape(ag(feat), shape=(1, -1))
+                   for feat, ag in zip(features, net.anchor_generators)]
+        cls_preds = F.concat(*cls_preds, dim=1).reshape((0, -1, net.num_classes + 1))
+        box_preds = F.concat(*box_preds, dim=1).reshape((0, -1, 4))
+        anchors = F.concat(*anchors, dim=1).reshape((1, -1, 4))
+        if autograd.is_training():
+            return [cls_preds, box_preds, anchors]
+        bboxes = net.bbox_decoder(box_preds, anchors)
+        # column 0 is unused by a focal-trained head: give it probability 0 and
+        # score each foreground column with its own sigmoid.
+        fg_prob = F.sigmoid(cls_preds.slice_axis(axis=-1, begin=1, end=None))
+        probs = F.concat(F.zeros_like(cls_preds.slice_axis(axis=-1, begin=0, end=1)),
+                         fg_prob, dim=-1)
+        cls_ids, scores = net.cls_decoder(probs)
+        results = []
+        for i in range(net.num_classes):
+            cls_id = cls_ids.slice_axis(axis=-1, begin=i, end=i + 1)
+            score = scores.slice_axis(axis=-1, begin=i, end=i + 1)
+            results.append(F.concat(*[cls_id, score, bboxes], dim=-1))
+        result = F.concat(*results, dim=1)
+        if 0 < net.nms_thresh < 1:
+            result = F.contrib.box_nms(
+                result, overlap_thresh=net.nms_thresh, topk=net.nms_topk, valid_thresh=0.01,
+                id_index=0, score_index=1, coord_start=2, force_suppress=False)
+            if net.post_nms > 0:
+                result = result.slice_axis(axis=1, begin=0, end=net.post_nms)
+        ids = F.slice_axis(result, axis=2, begin=0, end=1)
+        scores = F.slice_axis(result, axis=2, begin=1, end=2)
+        bboxes = F.slice_axis(result, axis=2, begin=2, end=6)
+        return ids, scores, bboxes
+
+
+def init_focal_bias(net, prior=0.01):
+    """Set the SSD class predictors' foreground biases to ``-log((1 - prior) / prior)``.
+
+    The RetinaNet paper's initialisation: every anchor starts predicting
+    foreground probability ``prior``, so the loss of the many background
+    anchors does not dominate (and destabilise) the first iterations.  The
+    background column's bias is set to 0 (it is unused by the focal loss).
+    Call after ``net.initialize()`` (parameters must be initialized, i.e. after
+    one forward pass when shapes are deferred).  ``net`` may be an ``SSD`` or a
+    :class:`SigmoidSSD`.
+    """
+    ssd = net.ssd if isinstance(net, SigmoidSSD) else net
+    num = ssd.num_classes + 1
+    value = -math.log((1 - prior) / prior)
+    for cp in ssd.class_predictors:
+        bias = cp.predictor.bias
+        data = bias.data().copy().reshape((-1, num))   # channel = anchor * (C + 1) + class
+        data[:, 0] = 0
+        data[:, 1:] = value
+        bias.set_data(data.reshape((-1,)))
+
+
+# ---------------------------------------------------------------------------
+# a tiny SSD for CPU experiments
+# ---------------------------------------------------------------------------
+class TinySSDBackbone(gluon.HybridBlock):
+    """A small VGG-style conv net with multi-scale outputs for SSD.
+
+    Stages of (3x3 stride-2 conv, 3x3 conv), each with BatchNorm + ReLU.  The
+    last ``num_outputs`` stages are returned (strides ``2 ** (len(channels) -
+    num_outputs + 1)`` ... ``2 ** len(channels)``).  Accepts and ignores the
+    ``pretrained``/``ctx``/``root`` arguments GluonCV's ``SSD`` passes to a
+    features factory.
+    """
+
+    def __init__(self, channels=(16, 32, 64, 96, 128, 128), num_outputs=4,
+                 norm_layer=nn.BatchNorm, norm_kwargs=None,
+                 pretrained=False, ctx=None, root=None, **kwargs):
+        super(TinySSDBackbone, self).__init__(**kwargs)
+        del pretrained, ctx, root
+        if not 1 <= num_outputs <= len(channels):
+            raise ValueError('num_outputs must be in [1, len(channels)]')
+        norm_kwargs = norm_kwargs or {}
+        self._num_outputs = num_outputs
+        with self.name_scope():
+            self.stages = nn.HybridSequential()
+            for c in channels:
+                stage = nn.HybridSequential()
+                for stride in (2, 1):
+                    stage.add(nn.Conv2D(c, 3, strides=stride, padding=1, use_bias=False),
+                              norm_layer(**norm_kwargs), nn.Activation('relu'))
+                self.stages.add(stage)
+
+    def hybrid_forward(self, F, x):  # pylint: disable=arguments-differ
+        outputs = []
+        for stage in self.stages:
+            x = stage(x)
+            outputs.append(x)
+        return outputs[-self._num_outputs:]
+
+
+def tiny_ssd(classes, base_size=192, channels=(16, 32, 64, 96, 128, 128), num_outputs=4,
+             sizes=None, ratios=((1, 2, 0.5),), **kwargs):
+    """A small GluonCV ``SSD`` on :class:`TinySSDBackbone` that trains in minutes on CPU.
+
+    Defaults: 192x192 input, feature strides 8/16/32/64, anchors of sizes
+    ``(0.06, 0.12, 0.24, 0.48, 0.96) * base_size`` with ratios 1, 2, 1/2
+    (about 3k anchors).  ``kwargs`` go to ``gluoncv.model_zoo.ssd.SSD``
+    (``nms_thresh``, ``post_nms``, ...).  Parameters are not initialized.
+    """
+    from gluoncv.model_zoo.ssd import SSD
+    num_stages = len(channels)
+    steps = [2 ** (num_stages - num_outputs + 1 + i) for i in range(num_outputs)]
+    if sizes is None:
+        sizes = [base_size * 0.06 * 2 ** i for i in range(num_outputs)] + [base_size * 0.96]
+    ratios = [list(r) for r in ratios]
+    if len(ratios) == 1:
+        ratios = ratios * num_outputs
+
+    def features(**fkw):
+        return TinySSDBackbone(channels=channels, num_outputs=num_outputs, **fkw)
+
+    return SSD(None, base_size, features=features, num_filters=None, sizes=sizes,
+               ratios=ratios, steps=steps, classes=tuple(classes), pretrained=False,
+               anchor_alloc_size=max(32, base_size // steps[0] * 2), **kwargs)
+
+
+def ssd_anchors(net, size):
+    """The ``(1, A, 4)`` anchors of ``net`` for ``size=(H, W)`` input (for
+    ``SSDDefaultTrainTransform``), returned on CPU.
+
+    Runs one forward pass in training mode on the first context of ``net``'s
+    parameters (as GluonCV's ``train_ssd.py`` does) and restores the BatchNorm
+    running statistics that pass touched."""
+    h, w = size
+    params = net.collect_params()
+    ctx = next(iter(params.values())).list_ctx()[0]
+    # a training-mode pass updates BatchNorm running statistics: keep them
+    saved = {}
+    for name, p in params.items():
+        if p.grad_req == 'null' and p._data is not None:  # initialized aux states
+            saved[name] = [d.copy() for d in p.list_data()]
+    with autograd.train_mode():
+        _, _, anchors = net(mx.nd.zeros((1, 3, h, w), ctx=ctx))
+    for name, data in saved.items():
+        for dst, src in zip(params[name].list_data(), data):
+            src.copyto(dst)
+    return anchors.as_in_context(mx.cpu())

@@ -138,18 +138,24 @@ def check_label_values(label, resolved, num_class, ignore_label=None, background
                             (' or ' + ', '.join(extra)) if extra else ''))
 
 
-def check_probabilities(pred, axis, tolerance=1e-3):
-    """With from_sigmoid=True, pred must hold per-class sigmoid probabilities."""
+def check_probabilities(pred, axis, softmax_check=True, tolerance=1e-3):
+    """With from_sigmoid=True, pred must hold per-class sigmoid probabilities
+    (``softmax_check``: refuse inputs that sum to 1 along the class ``axis``)."""
     pred = np.asarray(pred, dtype=np.float64)
     if pred.size == 0:
         return
-    outside = ~((pred >= 0) & (pred <= 1))
+    nan = np.isnan(pred)
+    outside = ~nan & ((pred < 0) | (pred > 1))
     if outside.any():
         raise ValueError('from_sigmoid=True expects probabilities in [0, 1], but pred has %d '
                          'value(s) outside it (min %g, max %g). Pass logits with '
-                         'from_sigmoid=False.' % (int(outside.sum()), np.nanmin(pred),
-                                                  np.nanmax(pred)))
-    if pred.shape[axis] >= 2 and np.all(np.abs(pred.sum(axis=axis) - 1) < tolerance):
+                         'from_sigmoid=False.' % (int(outside.sum()), pred[outside].min(),
+                                                  pred[outside].max()))
+    if nan.any():
+        raise ValueError('from_sigmoid=True expects probabilities in [0, 1], but pred has %d '
+                         'NaN value(s).' % int(nan.sum()))
+    if softmax_check and pred.shape[axis] >= 2 and \
+            np.all(np.abs(pred.sum(axis=axis) - 1) < tolerance):
         raise ValueError('pred sums to 1 along the class axis (axis=%d) at every position: it '
                          'looks like a softmax output. FocalLoss is the per-class sigmoid focal '
                          'loss (each class is its own binary problem); pass the raw logits with '

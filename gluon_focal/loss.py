@@ -26,31 +26,56 @@ def softplus(F, x):
     return F.relu(x) + F.log1p(F.exp(F.minimum(x, -x)))
 
 
+def _weighted(F, weight, value):
+    """weight * value, exactly 0 where weight is 0 (also when value is inf)."""
+    return F.where(weight > 0, weight * value, F.zeros_like(value))
+
+
 def sigmoid_focal_terms(F, pred, target, gamma, from_sigmoid, eps):
-    """Elementwise (1 - p_t)^gamma * CE(p, t) without alpha weighting."""
+    """Elementwise (1 - p_t)^gamma * CE(p, t) without alpha weighting.
+
+    From probabilities, ``eps`` must be representable next to 1 in pred's
+    dtype (see :func:`clip_bounds`).
+    """
     if from_sigmoid:
         p = F.clip(pred, eps, 1 - eps)
         q = 1 - p
         ce = -(target * F.log(p) + (1 - target) * F.log(q))
     else:
         p, q = F.sigmoid(pred), F.sigmoid(-pred)
-        # -log(p) = softplus(-x), -log(1 - p) = softplus(x)
-        ce = target * softplus(F, -pred) + (1 - target) * softplus(F, pred)
+        # -log(p) = softplus(-x), -log(1 - p) = softplus(x); an infinite logit on
+        # the side of its target has loss 0, not 0 * inf
+        ce = _weighted(F, target, softplus(F, -pred)) + \
+            _weighted(F, 1 - target, softplus(F, pred))
     if gamma == 0:
         return ce
     one_minus_pt = target * q + (1 - target) * p
     return ce * F.maximum(one_minus_pt, _MODULATOR_FLOOR) ** gamma
 
 
-def alpha_weights(F, target, alpha, class_index=None):
+def clip_eps(eps, dtype):
+    """Probabilities are clipped to [eps, 1 - eps]; 1 - eps must not round to 1."""
+    return max(eps, float(np.finfo(dtype).epsneg))
+
+
+def constant_vector(F, values, dtype):
+    """A small constant vector built inside the graph from Python scalars: no
+    Parameter, so a loss needs no initialize() and is safe to share between threads."""
+    return F.concat(*[F.ones(shape=(1,), dtype=dtype) * float(v) for v in values], dim=0)
+
+
+def alpha_weights(F, target, alpha, class_index=None, dtype='float32'):
     """alpha_t = alpha t + (1 - alpha)(1 - t).
 
-    ``alpha`` is a float, or a per-class vector looked up by ``class_index``
-    (each element's position along the class axis).
+    ``alpha`` is a float, or per-class values looked up by ``class_index``
+    (each element's position along the class axis). 1 - alpha is formed in
+    float64 before rounding, so alpha close to 1 keeps its negative weight.
     """
-    if class_index is not None:
-        alpha = F.take(alpha, class_index)
-    return (1 - alpha) + (2 * alpha - 1) * target
+    if class_index is None:
+        return alpha * target + (1 - alpha) * (1 - target)
+    positive = F.take(constant_vector(F, alpha, dtype), class_index)
+    negative = F.take(constant_vector(F, [1 - a for a in alpha], dtype), class_index)
+    return positive * target + negative * (1 - target)
 
 
 def _cast(F, x, dtype, to):
@@ -163,7 +188,7 @@ class FocalLoss(Loss):
                  from_sigmoid=False, ignore_label=None, background_label=None,
                  normalization='mean', weight=None, batch_axis=0, eps=1e-12, impl='auto',
                  **kwargs):
-        super(FocalLoss, self).__init__(weight, batch_axis, **kwargs)
+        super(FocalLoss, self).__init__(_check_weight(weight), batch_axis, **kwargs)
         self._num_class = _check_num_class(num_class)
         self._axis = _check_int('axis', axis)
         self._label_mode = _check_choice('label_mode', label_mode, LABEL_MODES)
@@ -182,11 +207,6 @@ class FocalLoss(Loss):
         self._impl = _choose_impl(impl)
         self._resolved = None
         self._grad_add = False
-        self.alpha_per_class = None
-        if self._alpha_values is not None and self._impl == 'composite':
-            # the composite graph looks alpha up per element; the kernel takes it as attribute
-            self.alpha_per_class = self.params.get_constant('alpha_per_class',
-                                                            self._alpha_values)
 
     @property
     def impl(self):
@@ -196,12 +216,12 @@ class FocalLoss(Loss):
     def forward(self, pred, label, sample_weight=None):
         """Resolve the label mode from the inputs, then run the graph."""
         if isinstance(pred, ndarray.NDArray):
+            _check_arrays(pred, label, sample_weight)
             resolved = resolve_label_mode(pred.shape, label.shape, axis=self._axis,
                                           label_mode=self._label_mode,
                                           num_class=self._num_class,
                                           dtype=np.dtype(pred.dtype).name)
             self._check_alpha_length(pred.shape[resolved.axis], resolved)
-            self._place_alpha(pred.context)
             self._check_batch(pred, label, sample_weight)
             if not self._active:
                 self._check_values(pred, label, resolved)
@@ -217,24 +237,26 @@ class FocalLoss(Loss):
             return super(FocalLoss, self).forward(pred, label)
         return super(FocalLoss, self).forward(pred, label, sample_weight)
 
-    def hybrid_forward(self, F, pred, label, sample_weight=None, alpha_per_class=None):
+    def hybrid_forward(self, F, pred, label, sample_weight=None):
         resolved = self._resolved
         if self._impl == 'fused' and sample_weight is None:
             return self._fused(F, pred, label, self._normalization, self._weight)
         # float16 inputs are computed in float32, like the kernel does
         compute = 'float32' if resolved.dtype == 'float16' else resolved.dtype
         class_index = None
-        if resolved.mode == 'sparse' or (alpha_per_class is not None and
-                                         self._impl == 'composite'):
+        per_class_alpha = self._alpha_values is not None and self._impl == 'composite'
+        if resolved.mode == 'sparse' or per_class_alpha:
             class_index = class_index_like(F, pred, resolved.axis, compute)
         target, valid = dense_targets(F, label, resolved, compute, class_index,
                                       self._ignore_label, self._background_label)
         if self._impl == 'fused':
             loss = _cast(F, self._fused(F, pred, label, 'none', None), resolved.dtype, compute)
         else:
-            loss = self._composite_elementwise(F, _cast(F, pred, resolved.dtype, compute),
-                                               target, valid, alpha_per_class, class_index,
-                                               compute)
+            pred = _cast(F, pred, resolved.dtype, compute)
+            if self._ignore_label is not None:
+                # ignored positions contribute 0 even where their logit is inf or nan
+                pred = F.where(F.broadcast_like(valid, pred), pred, F.zeros_like(pred))
+            loss = self._composite_elementwise(F, pred, target, valid, class_index, compute)
         if sample_weight is not None:
             loss = F.broadcast_mul(loss, _cast(F, sample_weight, resolved.dtype, compute))
         if self._weight is not None:
@@ -242,18 +264,17 @@ class FocalLoss(Loss):
         loss = reduce_loss(F, loss, target, valid, self._normalization, self._batch_axis)
         return _cast(F, loss, compute, resolved.dtype)
 
-    def _composite_elementwise(self, F, pred, target, valid, alpha_per_class, class_index,
-                               dtype):
-        loss = sigmoid_focal_terms(F, pred, target, self._gamma, self._from_sigmoid, self._eps)
-        if alpha_per_class is not None:
-            alpha = _cast(F, alpha_per_class, 'float32', dtype)
-            loss = loss * alpha_weights(F, target, alpha, class_index)
+    def _composite_elementwise(self, F, pred, target, valid, class_index, dtype):
+        loss = sigmoid_focal_terms(F, pred, target, self._gamma, self._from_sigmoid,
+                                   clip_eps(self._eps, dtype))
+        if self._alpha_values is not None:
+            loss = loss * alpha_weights(F, target, self._alpha_values, class_index, dtype)
         elif self._alpha is not None:
             loss = loss * alpha_weights(F, target, self._alpha)
         return F.broadcast_mul(loss, valid)
 
     def _fused(self, F, pred, label, normalization, weight):
-        alpha = self._alpha if self._alpha_values is None else tuple(self._alpha_values)
+        alpha = self._alpha if self._alpha_values is None else self._alpha_values
         return kernel.fused_focal_loss(
             F, pred, label, grad_add=self._grad_add,
             mode='sparse' if self._resolved.mode == 'sparse' else 'dense',
@@ -269,20 +290,6 @@ class FocalLoss(Loss):
             raise ValueError("label_mode='auto' needs the input shapes; on Symbol inputs pass "
                              "label_mode='sparse', 'dense' or 'binary' explicitly.")
         return ResolvedLabels(self._label_mode, self._axis, False, 'float32')
-
-    def _place_alpha(self, ctx):
-        """A loss has no initialize() step: put the per-class alpha constant
-        on each context the inputs arrive on."""
-        param = self.alpha_per_class
-        if param is None:
-            return
-        try:
-            contexts = param.list_ctx()
-        except RuntimeError:
-            param.initialize(ctx=ctx)
-            return
-        if ctx not in contexts:
-            param.reset_ctx(contexts + [ctx])
 
     def _check_alpha_length(self, num_classes_seen, resolved):
         if self._alpha_values is None:
@@ -309,8 +316,23 @@ class FocalLoss(Loss):
         check_label_values(label.asnumpy(), resolved, num_class, self._ignore_label,
                            self._background_label if resolved.mode == 'sparse' else None)
         if self._from_sigmoid:
-            check_probabilities(pred.asnumpy(), resolved.axis
-                                if resolved.mode != 'binary' else 0)
+            check_probabilities(pred.asnumpy(), resolved.axis,
+                                softmax_check=resolved.mode != 'binary')
+
+
+def _check_arrays(pred, label, sample_weight):
+    """NDArrays of a float pred dtype with at least one element."""
+    for name, value in (('pred', pred), ('label', label), ('sample_weight', sample_weight)):
+        if value is not None and not isinstance(value, ndarray.NDArray):
+            raise TypeError('%s is a %s; FocalLoss takes mx.nd.NDArray inputs (or Symbols), '
+                            'e.g. mx.nd.array(%s).' % (name, type(value).__name__, name))
+    if np.dtype(pred.dtype).kind != 'f':
+        raise ValueError('pred has dtype %s; FocalLoss needs float16, float32 or float64 '
+                         "logits or probabilities (cast with pred.astype('float32'))."
+                         % np.dtype(pred.dtype).name)
+    if 0 in pred.shape:
+        raise ValueError('pred shape %s has no elements; FocalLoss needs a non-empty batch '
+                         'and class axis.' % (pred.shape,))
 
 
 def _check_int(name, value):
@@ -335,21 +357,35 @@ def _check_choice(name, value, choices):
     return value
 
 
+def _flush_subnormal(value):
+    """MXNet's scalar attributes reject subnormal doubles; they are 0 to any precision."""
+    return 0.0 if abs(value) < np.finfo(np.float64).tiny else float(value)
+
+
 def _check_gamma(gamma):
     if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) \
             or not np.isfinite(gamma) or gamma < 0:
         raise ValueError('gamma=%r must be a finite number >= 0.' % (gamma,))
-    return float(gamma)
+    return _flush_subnormal(gamma)
+
+
+def _check_weight(weight):
+    if weight is None:
+        return None
+    if isinstance(weight, bool) or not isinstance(weight, numbers.Real) \
+            or not np.isfinite(weight):
+        raise ValueError('weight=%r must be a finite number or None.' % (weight,))
+    return _flush_subnormal(weight)
 
 
 def _check_alpha(alpha, num_class):
-    """Return (scalar alpha or None, per-class numpy array or None)."""
+    """Return (scalar alpha or None, per-class tuple of floats or None)."""
     if alpha is None:
         return None, None
     if isinstance(alpha, numbers.Real) and not isinstance(alpha, bool):
         if not 0 <= alpha <= 1:
             raise ValueError('alpha=%r must be in [0, 1].' % (alpha,))
-        return float(alpha), None
+        return _flush_subnormal(alpha), None
     values = np.asarray(alpha, dtype=np.float64)
     if values.ndim != 1 or values.size == 0:
         raise ValueError('alpha must be a float in [0, 1], a 1-D sequence with one value per '
@@ -359,14 +395,16 @@ def _check_alpha(alpha, num_class):
     if num_class is not None and values.size != num_class:
         raise ValueError('alpha has %d per-class values but num_class=%d.'
                          % (values.size, num_class))
-    return None, values.astype(np.float32)
+    return None, tuple(_flush_subnormal(v) for v in values.tolist())
 
 
 def _check_label_value(name, value):
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
-        raise ValueError('%s=%r must be a finite number or None.' % (name, value))
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) \
+            or 0 < abs(value) < np.finfo(np.float64).tiny:
+        raise ValueError('%s=%r must be a finite number or None (and not subnormal).'
+                         % (name, value))
     return float(value)
 
 

@@ -1,5 +1,6 @@
 """Small pieces every training example shares: arguments, contexts,
 crash-safe checkpoints, a progress bar and curve plots."""
+import glob
 import json
 import os
 import tempfile
@@ -35,16 +36,22 @@ def contexts_from_args(args):
     return [mx.cpu(i) for i in range(max(1, args.num_cpu_contexts))]
 
 
+_TMP_PREFIX = '.tmp-'
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def _atomic_write(path, write):
     """Write via a temporary file in the same folder, then rename: a crash
     leaves either the old file or the new one, never half of one."""
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp-')
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_TMP_PREFIX)
     os.close(fd)
     try:
         write(tmp)
         with open(tmp, 'rb') as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -55,20 +62,23 @@ class CheckpointManager:
     """Per-epoch checkpoints that survive being killed at any moment.
 
     Each epoch writes ``epoch-XXXX.params`` and ``epoch-XXXX.states``, then
-    ``checkpoint.json`` naming them; the json is written last, so it only ever
-    points at complete files.
+    ``checkpoint.json`` naming them (relative to the folder); the json is
+    written last, so it only ever points at complete files. Temporary files
+    that a killed run left behind are removed when the manager is created.
     """
 
     def __init__(self, directory):
         self.directory = directory
         os.makedirs(directory, exist_ok=True)
         self.index_path = os.path.join(directory, 'checkpoint.json')
+        for leftover in glob.glob(os.path.join(directory, _TMP_PREFIX + '*')):
+            os.remove(leftover)
 
     def save(self, epoch, net, trainer, history):
-        stem = os.path.join(self.directory, 'epoch-%04d' % epoch)
-        _atomic_write(stem + '.params', net.save_parameters)
+        stem = 'epoch-%04d' % epoch
+        _atomic_write(os.path.join(self.directory, stem + '.params'), net.save_parameters)
         if trainer is not None:
-            _atomic_write(stem + '.states', trainer.save_states)
+            _atomic_write(os.path.join(self.directory, stem + '.states'), trainer.save_states)
 
         def write_index(path):
             with open(path, 'w') as f:
@@ -78,11 +88,15 @@ class CheckpointManager:
         _atomic_write(self.index_path, write_index)
 
     def latest(self):
-        """The last complete checkpoint's index entry, or None."""
+        """The last complete checkpoint's index entry (with full paths), or None."""
         if not os.path.exists(self.index_path):
             return None
         with open(self.index_path) as f:
-            return json.load(f)
+            entry = json.load(f)
+        for key in ('params', 'states'):  # stored relative, so the folder can move
+            if entry[key]:
+                entry[key] = os.path.join(self.directory, entry[key])
+        return entry
 
     def restore(self, net, trainer, ctx=None):
         """Load the last complete checkpoint; return (start_epoch, history)."""

@@ -50,6 +50,12 @@ def dense_targets(pred_shape, label, *, axis, label_mode, ignore_label=None,
     return target, valid.astype(np.float64)
 
 
+def _expit(x):
+    """sigmoid(x) without overflow and without rounding tiny values to 0."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
 def _alpha_t(alpha, target, axis):
     if alpha is None:
         return np.ones_like(target)
@@ -74,8 +80,7 @@ def elementwise(x, target, *, alpha, gamma, from_sigmoid, eps, axis):
         dce = -t / p + (1 - t) / q              # d ce / d p
         clip_grad = inside.astype(np.float64)
     else:
-        p = 0.5 * (1 + np.tanh(0.5 * x))        # overflow-free sigmoid
-        q = 0.5 * (1 - np.tanh(0.5 * x))
+        p, q = _expit(x), _expit(-x)
         ce = np.maximum(x, 0) - x * t + np.log1p(np.exp(-np.abs(x)))
         dp = p * q
     one_minus_pt = t * q + (1 - t) * p

@@ -47,7 +47,7 @@ except ImportError:  # running from a source checkout without `pip install -e .`
 from gluon_focal.detection import SyntheticShapesDetection, voc_detection
 from gluon_focal.detection.retinanet import RetinaNetLoss, get_retinanet
 from gluon_focal.detection.targets import RetinaNetTrainTransform, RetinaNetValTransform
-from gluon_focal.distributed import create_kvstore, is_distributed, rank_and_size, shard
+from gluon_focal.distributed import create_kvstore, rank_and_size, shard
 from gluon_focal.training import (CheckpointManager, add_training_args, contexts_from_args,
                                   plot_curves, progress)
 
@@ -280,8 +280,7 @@ def main(argv=None):
     ckpt = CheckpointManager(args.out_dir)
     start_epoch, history = 0, {}
     if args.resume:
-        start_epoch, history = ckpt.restore(net, None if is_distributed(kv) else trainer,
-                                            ctx=ctx)
+        start_epoch, history = ckpt.restore(net, trainer, ctx=ctx)
         # (the optimizer state, learning-rate schedule included, comes from the checkpoint:
         # resume with the arguments the run started with)
         print('resumed after epoch %d' % (start_epoch - 1) if start_epoch else
@@ -307,7 +306,7 @@ def main(argv=None):
         # -- checkpoint (atomic: a crash leaves the previous epoch's) --
         if rank == 0:
             # dist_* kvstores keep the optimizer state on the servers: save the weights only
-            ckpt.save(epoch, net, None if is_distributed(kv) else trainer, history)
+            ckpt.save(epoch, net, trainer, history)
             plot_curves(history, os.path.join(args.out_dir, 'curves.png'),
                         'RetinaNet-%s on %s' % (args.backbone, args.dataset))
 

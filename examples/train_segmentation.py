@@ -265,8 +265,10 @@ def main(argv=None):
     criterion = get_criterion(args)
     if args.loss != 'softmax':     # GluonCV's softmax loss does not hybridize on 1.9
         criterion.hybridize()
-    scheduler = gluoncv.utils.LRScheduler('poly', base_lr=args.lr, nepochs=args.epochs,
-                                          iters_per_epoch=iters_per_epoch, power=0.9)
+    # MXNet's own scheduler: under dist_* kvstores the optimizer is pickled to the
+    # servers, which cannot import gluoncv
+    scheduler = mx.lr_scheduler.PolyScheduler(max_update=max(1, args.epochs * iters_per_epoch),
+                                              base_lr=args.lr, pwr=0.9)
     opt_params = {'learning_rate': args.lr, 'lr_scheduler': scheduler, 'wd': args.wd}
     if args.optimizer == 'sgd':
         opt_params['momentum'] = 0.9

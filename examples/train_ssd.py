@@ -270,14 +270,14 @@ def train(args):
     else:
         mbox_loss = gcv.loss.SSDMultiBoxLoss(lambd=args.lambd)
 
+    # linear warm-up, then cosine decay, per iteration (MXNet's own scheduler: under
+    # dist_* kvstores the optimizer is pickled to the servers, which cannot import gluoncv)
     iters_per_epoch = len(train_loader)
-    warmup = min(args.warmup_epochs, args.epochs)
-    lr_scheduler = gcv.utils.LRSequential([
-        gcv.utils.LRScheduler('linear', base_lr=args.lr * 0.01, target_lr=args.lr,
-                              nepochs=warmup, iters_per_epoch=iters_per_epoch),
-        gcv.utils.LRScheduler('cosine', base_lr=args.lr, target_lr=0,
-                              nepochs=args.epochs - warmup, iters_per_epoch=iters_per_epoch),
-    ])
+    total = max(1, args.epochs * iters_per_epoch)
+    lr_scheduler = mx.lr_scheduler.CosineScheduler(
+        max_update=total, base_lr=args.lr, final_lr=0,
+        warmup_steps=min(int(args.warmup_epochs * iters_per_epoch), total - 1),
+        warmup_begin_lr=args.lr * 0.01)
     trainer = gluon.Trainer(
         net.collect_params(), 'sgd',
         {'wd': args.wd, 'momentum': args.momentum,

@@ -58,6 +58,19 @@ def _atomic_write(path, write):
             os.remove(tmp)
 
 
+def _holds_optimizer_states(trainer):
+    """Under a dist_* kvstore the optimizer states live on the servers, and
+    ``Trainer.save_states`` refuses: such checkpoints hold the weights only."""
+    if trainer is None:
+        return False
+    # mxnet 1.9's Trainer creates its kvstore lazily: before the first step only
+    # the argument it was given is known
+    kvstore = trainer._kvstore if trainer._kv_initialized else \
+        trainer._kvstore_params['kvstore']
+    kind = kvstore if isinstance(kvstore, str) else getattr(kvstore, 'type', '')
+    return 'dist' not in (kind or '')
+
+
 class CheckpointManager:
     """Per-epoch checkpoints that survive being killed at any moment.
 
@@ -77,6 +90,7 @@ class CheckpointManager:
     def save(self, epoch, net, trainer, history):
         stem = 'epoch-%04d' % epoch
         _atomic_write(os.path.join(self.directory, stem + '.params'), net.save_parameters)
+        trainer = trainer if _holds_optimizer_states(trainer) else None
         if trainer is not None:
             _atomic_write(os.path.join(self.directory, stem + '.states'), trainer.save_states)
 
@@ -104,7 +118,7 @@ class CheckpointManager:
         if entry is None:
             return 0, {}
         net.load_parameters(entry['params'], ctx=ctx)
-        if trainer is not None and entry['states']:
+        if _holds_optimizer_states(trainer) and entry['states']:
             trainer.load_states(entry['states'])
         return entry['epoch'] + 1, entry['history']
 

@@ -4,6 +4,13 @@ import math
 import mxnet as mx
 
 
+def prior_bias(pi):
+    """The bias b = -log((1 - pi) / pi) for which sigmoid(b) = pi."""
+    if not 0 < pi < 1:
+        raise ValueError('pi=%r must be in (0, 1).' % (pi,))
+    return -math.log((1 - pi) / pi)
+
+
 @mx.init.register
 class PriorProbability(mx.init.Initializer):
     """Fill with ``b = -log((1 - pi) / pi)`` so that sigmoid(b) = pi.
@@ -17,12 +24,11 @@ class PriorProbability(mx.init.Initializer):
     """
 
     def __init__(self, pi=0.01):
-        if not 0 < pi < 1:
-            raise ValueError('pi=%r must be in (0, 1).' % (pi,))
+        self.bias = prior_bias(pi)
         super(PriorProbability, self).__init__(pi=pi)
         self.pi = pi
 
     def _fill(self, _, arr):
-        arr[:] = -math.log((1 - self.pi) / self.pi)
+        arr[:] = self.bias
 
     _init_bias = _init_weight = _init_default = _fill

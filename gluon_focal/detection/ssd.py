@@ -59,11 +59,12 @@ score threshold (0.01) and NMS as GluonCV.  In training mode it returns
 
 A small SSD for quick experiments on CPU is provided by :func:`tiny_ssd`.
 """
-import math
-
 import mxnet as mx
 from mxnet import autograd, gluon, nd
 from mxnet.gluon import nn
+
+from ..init import prior_bias
+from ..loss import FocalLoss
 
 __all__ = ['SSDFocalMultiBoxLoss', 'SigmoidSSD', 'init_focal_bias', 'tiny_ssd',
            'TinySSDBackbone', 'ssd_anchors']
@@ -95,7 +96,6 @@ class SSDFocalMultiBoxLoss(gluon.Block):
 
     def __init__(self, alpha=0.25, gamma=2.0, rho=1.0, lambd=1.0, impl='auto', **kwargs):
         super(SSDFocalMultiBoxLoss, self).__init__(**kwargs)
-        from gluon_focal import FocalLoss
         self._rho = float(rho)
         self._lambd = float(lambd)
         with self.name_scope():
@@ -247,7 +247,7 @@ def init_focal_bias(net, prior=0.01):
     """
     ssd = net.ssd if isinstance(net, SigmoidSSD) else net
     num = ssd.num_classes + 1
-    value = -math.log((1 - prior) / prior)
+    value = prior_bias(prior)
     for cp in ssd.class_predictors:
         bias = cp.predictor.bias
         data = bias.data().copy().reshape((-1, num))   # channel = anchor * (C + 1) + class

@@ -157,6 +157,32 @@ def test_dtypes(dtype, mode):
                   alpha=0.25, axis=-1, scale=0.5)
 
 
+@pytest.mark.parametrize('gamma', [1.0, 3.0, 1.5])
+def test_fast_logit_path_gammas_tails_and_mixed_targets(gamma):
+    """The AVX2 logit kernel (shared exp(-|x|), sign-flip form for 0/1
+    targets, per-vector fallback for soft targets) against the reference:
+    integer and non-integer gamma, lengths that are no multiple of 8, logits
+    from -30 to 30 (log1p of tiny exp), soft targets mixed into vectors of
+    hard ones, both chunk layouts, elementwise and reduced outputs."""
+    rng = np.random.RandomState(11)
+    pred = rng.uniform(-30, 30, size=(3, 37, 7))
+    pred[0, 0] = [0.0, -0.0, 1e-4, -1e-4, 17.0, -17.0, 88.0]
+    lab = rng.randint(0, 7, size=(3, 37)).astype(np.float64)
+    lab[1, :3] = -1
+    dense = np.eye(7)[rng.randint(0, 7, size=(3, 37))]
+    dense[2, 5, 3] = 0.3                       # one soft target among hard ones
+    dense[0, 1, :] = -1
+    pred4 = rng.randn(2, 3, 9, 11) * 6          # inner = 99: row layout
+    lab4 = rng.randint(0, 3, size=(2, 9, 11))
+    for norm in ['none', 'mean']:
+        check(pred, lab, 'sparse', axis=-1, normalization=norm, gamma=gamma, alpha=0.25,
+              ignore_label=-1)
+        check(pred, dense, 'dense', axis=-1, normalization=norm, gamma=gamma, alpha=0.25,
+              ignore_label=-1)
+        check(pred4, lab4, 'sparse', axis=1, normalization=norm, gamma=gamma, alpha=None,
+              background_label=2)
+
+
 def test_scale_and_batch_axis():
     rng = np.random.RandomState(6)
     pred = rng.randn(6, 4, 3) * 2          # batch axis 1 precedes class axis 2

@@ -10,9 +10,10 @@ Needs a C++11 compiler (``$CXX`` or g++/c++/clang++) and the headers shipped
 in the installed mxnet wheel (``mxnet/include/mxnet/lib_api.h`` and
 ``mxnet/src/lib_api.cc``).  The AVX2/FMA/F16C kernels are compiled through
 target pragmas and picked at run time, so the library is portable across
-x86-64 CPUs; no ``-march=native``.  OpenMP is used when the compiler supports
-``-fopenmp`` (libgomp is the runtime MXNet itself links), else the op runs
-single-threaded.
+x86-64 CPUs; no ``-march=native``.  Threads come from a small std::thread work
+pool in the library (``-pthread``); ``-fopenmp`` is passed when the compiler
+supports it (only for ``omp_get_num_procs``), else the library is built
+without it, still multi-threaded.
 
 This module must not import mxnet or the package (setup.py imports it by path).
 """
@@ -28,7 +29,8 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 LIB_NAME = 'libgluon_focal_op.so'
 SOURCES = ['focal_loss_op.cc']
-HEADERS = ['focal_math.h', 'focal_elem.inc', 'focal_cpu.inc', 'focal_driver.inc', 'simd_avx2.h']
+HEADERS = ['focal_math.h', 'focal_elem.inc', 'focal_cpu.inc', 'focal_driver.inc', 'simd_avx2.h',
+           'focal_fast_avx2.inc']
 
 
 class BuildError(RuntimeError):
@@ -91,7 +93,7 @@ def find_compiler():
 def compile_command(cxx, mx_dir, out_path, openmp=True):
     cmd = cxx.split() + [
         '-std=c++14', '-O3', '-fPIC', '-shared', '-ffp-contract=fast',
-        '-fno-math-errno', '-Wall', '-Wno-unused-function',
+        '-fno-math-errno', '-pthread', '-Wall', '-Wno-unused-function',
         '-I' + os.path.join(mx_dir, 'include'), '-I' + HERE,
     ]
     if openmp:
@@ -127,7 +129,7 @@ def build(out_dir=None, verbose=True, log=None):
                                   universal_newlines=True)
             if proc.returncode == 0:
                 if not openmp:
-                    log('gluon_focal: built without OpenMP (the fused op runs single-threaded)')
+                    log('gluon_focal: built without OpenMP (threads still come from the std::thread pool)')
                 umask = os.umask(0)
                 os.umask(umask)
                 os.chmod(tmp, 0o755 & ~umask)

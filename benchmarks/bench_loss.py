@@ -12,14 +12,10 @@ ns per logit element, with ratios against gluon.loss.SigmoidBCELoss and
 gluoncv.loss.FocalLoss on the same workload.
 
 Implementations
-  fused-1t / fused-2t  ours, the fused C++ op with 1 / 2 threads
-                       (gluon_focal.FocalLoss(impl='fused') when it exists,
-                       else a minimal HybridBlock around the raw op)
-  composite            gluon_focal.FocalLoss(impl='composite') (if present)
+  fused-1t / fused-2t  gluon_focal.FocalLoss(impl='fused') with 1 / 2 threads
+  composite            gluon_focal.FocalLoss(impl='composite')
   gluoncv              gluoncv.loss.FocalLoss (from_logits=False, i.e. logits)
   bce                  gluon.loss.SigmoidBCELoss (no focal term; speed floor)
-  torch-*              torchvision's sigmoid_focal_loss formula, only if torch
-                       is importable (it is not in this environment)
 Baselines run with MXNet's own default thread count.
 
 Workloads (full size; --quick shrinks them)
@@ -87,36 +83,17 @@ def make_inputs(wl, shape, seed=0):
     return pred, sparse.astype(np.float32), sparse
 
 
-class RawFused(gluon.HybridBlock):
-    def __init__(self, **attrs):
-        super(RawFused, self).__init__()
-        self.attrs = attrs
-
-    def hybrid_forward(self, F, x, y):
-        from gluon_focal import kernel
-        return kernel.fused_focal_loss(F, x, y, grad_add=False, **self.attrs)
-
-
 def build_impl(name, wl, shape):
     """Return (block, label_variant) or raise for 'not applicable'."""
     axis = wl['axis']
     C = shape[axis % len(shape)]
     mode = 'sparse' if wl['label'] == 'sparse' else 'dense'
     bg = -1 if (wl['label'] == 'sparse' and wl['pos'] is not None) else None
-    if name.startswith('fused'):
-        try:
-            import gluon_focal
-            fl = gluon_focal.FocalLoss(axis=axis, label_mode='binary' if wl['label'] == 'binary'
-                                       else mode, background_label=bg, impl='fused',
-                                       normalization='mean')
-            return fl, 'native'
-        except Exception:  # noqa: BLE001 - lead's FocalLoss not ready: raw op
-            return RawFused(mode=mode, axis=axis, background_label=bg,
-                            normalization='mean'), 'native'
-    if name == 'composite':
+    if name.startswith('fused') or name == 'composite':
         import gluon_focal
         return gluon_focal.FocalLoss(axis=axis, label_mode='binary' if wl['label'] == 'binary'
-                                     else mode, background_label=bg, impl='composite',
+                                     else mode, background_label=bg,
+                                     impl='composite' if name == 'composite' else 'fused',
                                      normalization='mean'), 'native'
     if name == 'gluoncv':
         import warnings
@@ -137,10 +114,9 @@ def label_for(variant, wl, shape, lab_native, sparse):
         return lab_native
     axis = wl['axis'] % len(shape)
     oh = np.zeros(shape, np.float32)
-    s = np.moveaxis(sparse, -1, -1)
-    idx = np.nonzero(s >= 0)
+    idx = np.nonzero(sparse >= 0)
     full = list(idx)
-    full.insert(axis, s[idx])
+    full.insert(axis, sparse[idx])
     oh[tuple(full)] = 1.0
     return oh
 
@@ -186,22 +162,7 @@ def time_impl(blk, x_np, y_np, warmup, repeats):
 
 
 def impl_names(fused_ok):
-    names = []
-    if fused_ok:
-        names += ['fused-1t', 'fused-2t']
-    try:
-        import gluon_focal
-        if hasattr(gluon_focal, 'FocalLoss'):
-            names.append('composite')
-    except Exception:  # noqa: BLE001
-        pass
-    names += ['gluoncv', 'bce']
-    try:
-        import torch  # noqa: F401
-        names += ['torch-eager']
-    except Exception:  # noqa: BLE001
-        pass
-    return names
+    return (['fused-1t', 'fused-2t'] if fused_ok else []) + ['composite', 'gluoncv', 'bce']
 
 
 def forward_backward(blk, x, y, repeats):

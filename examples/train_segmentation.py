@@ -275,12 +275,14 @@ def main(argv=None):
     trainer = gluon.Trainer(net.collect_params(), args.optimizer, opt_params,
                             kvstore=kv)
 
+    # every worker resumes (so all run the same steps under dist_sync); the chief saves
     is_chief = not is_distributed(kv) or kv.rank == 0
-    checkpoints = CheckpointManager(args.out_dir) if is_chief else None
+    checkpoints = CheckpointManager(args.out_dir)
     start_epoch, history = 0, {}
-    if args.resume and checkpoints is not None:
+    if args.resume:
         start_epoch, history = checkpoints.restore(net, trainer, ctx=ctx)
-        logging.info('resumed after epoch %d', start_epoch - 1)
+        logging.info('resumed after epoch %d' % (start_epoch - 1) if start_epoch else
+                     'nothing to resume, starting from scratch')
     for key in ('train_loss', 'val_IoU', 'val_F1', 'val_pixAcc'):
         history.setdefault(key, [])
 
@@ -313,7 +315,7 @@ def main(argv=None):
                      history['train_loss'][-1], scores['IoU'], scores['F1'],
                      scores['pixAcc'], '  (GluonCV mIoU over bg+fg %.4f)'
                      % scores['gluoncv_mIoU'] if 'gluoncv_mIoU' in scores else '')
-        if checkpoints is not None:
+        if is_chief:
             checkpoints.save(epoch, net, trainer, history)
 
     if is_chief:

@@ -205,7 +205,9 @@ class FocalLoss(Loss):
         if not 0 <= self._eps < 0.5:
             raise ValueError('eps=%r must be in [0, 0.5).' % eps)
         self._impl = _choose_impl(impl)
+        self._impl_requested = impl
         self._resolved = None
+        self._run_fused = False
         self._grad_add = False
 
     @property
@@ -222,16 +224,21 @@ class FocalLoss(Loss):
                                           num_class=self._num_class,
                                           dtype=np.dtype(pred.dtype).name)
             self._check_alpha_length(pred.shape[resolved.axis], resolved)
-            self._check_batch(pred, label, sample_weight)
+            self._check_batch(pred, sample_weight)
+            if self._background_label is not None and resolved.mode != 'sparse':
+                raise ValueError('background_label applies to sparse labels only, but label '
+                                 'shape %s resolved to the %s mode for pred shape %s.'
+                                 % (label.shape, resolved.mode, pred.shape))
             if not self._active:
                 self._check_values(pred, label, resolved)
+            fused = self._impl == 'fused' and self._kernel_takes(resolved, pred.ndim)
             # the kernel cannot see grad_req='add' on an input that owns its gradient
-            grad_add = self._impl == 'fused' and kernel.needs_grad_add(pred)
+            grad_add = fused and kernel.needs_grad_add(pred)
         else:
-            resolved, grad_add = self._resolve_symbolic(pred), False
-        if (resolved, grad_add) != (self._resolved, self._grad_add):
+            resolved, fused, grad_add = self._resolve_symbolic(pred), self._impl == 'fused', False
+        if (resolved, fused, grad_add) != (self._resolved, self._run_fused, self._grad_add):
             # a new layout needs a new graph
-            self._resolved, self._grad_add = resolved, grad_add
+            self._resolved, self._run_fused, self._grad_add = resolved, fused, grad_add
             self._clear_cached_op()
         if sample_weight is None:
             return super(FocalLoss, self).forward(pred, label)
@@ -239,19 +246,21 @@ class FocalLoss(Loss):
 
     def hybrid_forward(self, F, pred, label, sample_weight=None):
         resolved = self._resolved
-        if self._impl == 'fused' and sample_weight is None:
+        if self._run_fused and sample_weight is None:
             return self._fused(F, pred, label, self._normalization, self._weight)
         # float16 inputs are computed in float32, like the kernel does
         compute = 'float32' if resolved.dtype == 'float16' else resolved.dtype
-        class_index = None
-        per_class_alpha = self._alpha_values is not None and self._impl == 'composite'
-        if resolved.mode == 'sparse' or per_class_alpha:
-            class_index = class_index_like(F, pred, resolved.axis, compute)
-        target, valid = dense_targets(F, label, resolved, compute, class_index,
-                                      self._ignore_label, self._background_label)
-        if self._impl == 'fused':
+        target = valid = None
+        if self._run_fused:
             loss = _cast(F, self._fused(F, pred, label, 'none', None), resolved.dtype, compute)
+            if self._normalization in ('valid', 'positive'):  # these count labels
+                target, valid = dense_targets(F, label, resolved, compute,
+                                              self._class_index(F, pred, compute),
+                                              self._ignore_label, self._background_label)
         else:
+            class_index = self._class_index(F, pred, compute)
+            target, valid = dense_targets(F, label, resolved, compute, class_index,
+                                          self._ignore_label, self._background_label)
             pred = _cast(F, pred, resolved.dtype, compute)
             if self._ignore_label is not None:
                 # ignored positions contribute 0 even where their logit is inf or nan
@@ -263,6 +272,27 @@ class FocalLoss(Loss):
             loss = loss * self._weight
         loss = reduce_loss(F, loss, target, valid, self._normalization, self._batch_axis)
         return _cast(F, loss, compute, resolved.dtype)
+
+    def _class_index(self, F, pred, dtype):
+        """Element positions along the class axis, where sparse labels or
+        per-class alpha need them."""
+        if self._resolved.mode == 'sparse' or self._alpha_values is not None:
+            return class_index_like(F, pred, self._resolved.axis, dtype)
+        return None
+
+    def _kernel_takes(self, resolved, ndim):
+        """The kernel reduces per sample only with the batch axis before the
+        class axis (unless the class axis does not matter)."""
+        batch_axis = self._batch_axis % ndim
+        class_axis_matters = resolved.mode == 'sparse' or self._alpha_values is not None
+        if self._normalization == 'none' or batch_axis < resolved.axis or \
+                not class_axis_matters:
+            return True
+        if self._impl_requested == 'fused':
+            raise ValueError("impl='fused' needs batch_axis (%d) before the class axis (%d) "
+                             "for sparse labels or per-class alpha; use impl='composite'."
+                             % (self._batch_axis, self._axis))
+        return False
 
     def _composite_elementwise(self, F, pred, target, valid, class_index, dtype):
         loss = sigmoid_focal_terms(F, pred, target, self._gamma, self._from_sigmoid,
@@ -280,7 +310,8 @@ class FocalLoss(Loss):
             mode='sparse' if self._resolved.mode == 'sparse' else 'dense',
             axis=self._resolved.axis, batch_axis=self._batch_axis, gamma=self._gamma,
             alpha=alpha, from_sigmoid=self._from_sigmoid, eps=self._eps,
-            ignore_label=self._ignore_label, background_label=self._background_label,
+            ignore_label=self._ignore_label,
+            background_label=self._background_label if self._resolved.mode == 'sparse' else None,
             normalization=normalization, scale=1.0 if weight is None else weight)
 
     def _resolve_symbolic(self, pred):
@@ -299,15 +330,15 @@ class FocalLoss(Loss):
             raise ValueError('alpha has %d per-class values but pred.shape[axis=%d] is %d.'
                              % (length, resolved.axis, num_classes_seen))
 
-    def _check_batch(self, pred, label, sample_weight):
+    def _check_batch(self, pred, sample_weight):
         if sample_weight is None:
             return
         try:
-            np.broadcast_shapes(sample_weight.shape, pred.shape)
+            shape = np.broadcast_shapes(sample_weight.shape, pred.shape)
         except ValueError:
             raise ValueError('sample_weight shape %s does not broadcast to pred shape %s.'
                              % (sample_weight.shape, pred.shape))
-        if np.broadcast_shapes(sample_weight.shape, pred.shape) != pred.shape:
+        if shape != pred.shape:
             raise ValueError('sample_weight shape %s would enlarge pred shape %s; expected a '
                              'shape that broadcasts to pred.' % (sample_weight.shape, pred.shape))
 

@@ -393,3 +393,23 @@ def test_grad_req_add_accumulates(impl, hybridize):
             out = loss_fn(x, mx.nd.array(label))
         out.backward()
     np.testing.assert_allclose(x.grad.asnumpy(), 3 * once, rtol=1e-5, atol=1e-9)
+
+
+def test_batch_axis_after_the_class_axis_falls_back_to_the_composite_graph():
+    rng = np.random.RandomState(9)
+    pred = rng.normal(0, 2, (3, 4)).astype(np.float32)   # class axis 0, batch axis 1
+    label = rng.randint(0, 3, (4,)).astype(np.float32)
+    kwargs = dict(axis=0, batch_axis=1, label_mode='sparse', normalization='sum')
+    auto = run_loss(gluon_focal.FocalLoss(impl='auto', **kwargs), pred, label)
+    composite = run_loss(gluon_focal.FocalLoss(impl='composite', **kwargs), pred, label)
+    assert_close(auto[0], composite[0])
+    assert_close(auto[1], composite[1])
+    with pytest.raises(ValueError, match=r"impl='fused' needs batch_axis \(1\) before"):
+        _call(gluon_focal.FocalLoss(impl='fused', **kwargs), pred, label)
+
+
+@pytest.mark.parametrize('impl', IMPLS)
+def test_background_label_with_dense_labels_is_refused_by_name(impl):
+    loss_fn = gluon_focal.FocalLoss(background_label=-1, impl=impl)
+    with pytest.raises(ValueError, match='background_label applies to sparse labels only'):
+        _call(loss_fn, np.zeros((2, 3)), np.zeros((2, 3)))

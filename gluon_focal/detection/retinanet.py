@@ -35,6 +35,9 @@ import mxnet as mx
 from mxnet import autograd, gluon
 from mxnet.gluon import nn
 
+from ..init import PriorProbability
+from ..loss import FocalLoss
+
 __all__ = ['RetinaNet', 'RetinaNetLoss', 'get_retinanet', 'retinanet_resnet18_v1b',
            'retinanet_resnet50_v1b', 'scaled_resnet_v1b', 'stage_output_names']
 
@@ -130,7 +133,6 @@ class RetinaNet(gluon.HybridBlock):
         from gluoncv.model_zoo.rcnn.rpn.anchor import RPNAnchorGenerator
         from gluoncv.nn.bbox import BBoxClipToImage
         from gluoncv.nn.coder import NormalizedBoxCenterDecoder
-        from .. import PriorProbability
 
         self.classes = list(classes)
         self.num_class = len(self.classes)
@@ -282,13 +284,20 @@ class RetinaNetLoss(gluon.Block):
     def __init__(self, num_class, alpha=0.25, gamma=2.0, rho=1.0, box_weight=1.0,
                  background_label=-1, ignore_label=-2, impl='auto', **kwargs):
         super(RetinaNetLoss, self).__init__(**kwargs)
-        from .. import FocalLoss
+        if not (background_label < 0 and ignore_label < 0):
+            # positives are the anchors with a class index >= 0
+            raise ValueError('background_label=%r and ignore_label=%r must be negative.'
+                             % (background_label, ignore_label))
         self.rho = rho
         self.box_weight = box_weight
-        self.focal = FocalLoss(num_class=num_class, label_mode='sparse', alpha=alpha,
-                               gamma=gamma, ignore_label=ignore_label,
-                               background_label=background_label,
-                               normalization='positive', impl=impl)
+        with self.name_scope():
+            # per-sample sums, divided below by the positives of all shards together
+            self.focal = FocalLoss(num_class=num_class, label_mode='sparse', alpha=alpha,
+                                   gamma=gamma, ignore_label=ignore_label,
+                                   background_label=background_label,
+                                   normalization='sum', impl=impl)
+        # the targets come from RetinaNetTargetGenerator: no per-call label check
+        self.focal.hybridize()
 
     def forward(self, cls_logits, box_preds, cls_targets, box_targets):
         single = not isinstance(cls_logits, (list, tuple))
@@ -299,10 +308,8 @@ class RetinaNetLoss(gluon.Block):
         counts = [p.sum().asscalar() for p in pos]
         total_pos = max(1., float(sum(counts)))
         totals, cls_losses, box_losses = [], [], []
-        for cp, bp, ct, bt, p, n in zip(cls_logits, box_preds, cls_targets, box_targets,
-                                       pos, counts):
-            # FocalLoss('positive') divides by this shard's positives; rescale to all shards'
-            cls_loss = self.focal(cp, ct) * (max(1., n) / total_pos)
+        for cp, bp, ct, bt, p in zip(cls_logits, box_preds, cls_targets, box_targets, pos):
+            cls_loss = self.focal(cp, ct) / total_pos
             diff = (bp - bt) * p.expand_dims(-1)
             box_loss = mx.nd.smooth_l1(diff, scalar=1. / math.sqrt(self.rho))
             box_loss = box_loss.sum(axis=(1, 2)) * (self.box_weight / total_pos)

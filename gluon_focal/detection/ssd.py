@@ -102,7 +102,7 @@ class SSDFocalMultiBoxLoss(gluon.Block):
             # labels are cls_target - 1: 0..C-1 foreground, -1 background, -2 ignore
             self.focal = FocalLoss(axis=-1, label_mode='sparse', alpha=alpha, gamma=gamma,
                                    ignore_label=-2, background_label=-1,
-                                   normalization='none', impl=impl)
+                                   normalization='sum', impl=impl)
         # a cached graph skips FocalLoss's per-call label checks (a device sync);
         # the labels built by focal_labels are valid by construction
         self.focal.hybridize()
@@ -146,8 +146,7 @@ class SSDFocalMultiBoxLoss(gluon.Block):
         for cp, bp, ct, bt in zip(cls_pred, box_pred, cls_target, box_target):
             ct = ct.astype(cp.dtype, copy=False)
             fg_pred = cp.slice_axis(axis=-1, begin=1, end=None)   # (B, A, C)
-            cls_loss = self.focal(fg_pred, self.focal_labels(ct))  # (B, A, C) elementwise
-            cls_loss = nd.sum(cls_loss, axis=0, exclude=True) / norm
+            cls_loss = self.focal(fg_pred, self.focal_labels(ct)) / norm  # (B,) sums
 
             pos = (ct > 0).expand_dims(axis=-1)
             bp = bp.reshape_like(bt)

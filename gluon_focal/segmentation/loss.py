@@ -25,8 +25,6 @@ has pred's shape, multiclass otherwise.
 """
 import numbers
 
-import numpy as np
-
 import mxnet as mx
 from mxnet.gluon.loss import Loss
 
@@ -112,6 +110,8 @@ class SegmentationFocalLoss(Loss):
                                    from_sigmoid=from_sigmoid, ignore_label=ignore_label,
                                    normalization=normalization, weight=weight,
                                    batch_axis=batch_axis, impl=impl)
+        # label values are checked here (``validate``), not again by the child per call
+        self.focal.hybridize()
 
     # -- helpers -----------------------------------------------------------------
     @staticmethod

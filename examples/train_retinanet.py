@@ -49,7 +49,7 @@ from gluon_focal.detection.retinanet import RetinaNetLoss, get_retinanet
 from gluon_focal.detection.targets import RetinaNetTrainTransform, RetinaNetValTransform
 from gluon_focal.distributed import create_kvstore, rank_and_size, shard
 from gluon_focal.training import (CheckpointManager, add_training_args, contexts_from_args,
-                                  plot_curves, progress)
+                                  plot_curves, progress, save_figure)
 
 
 # ---------------------------------------------------------------------------
@@ -117,11 +117,7 @@ def get_datasets(args):
         return train_set, val_set, list(train_set.classes)
     if not args.data_root:
         raise SystemExit('--dataset voc needs --data-root')
-    classes = [c for c in args.classes.split(',') if c] or None
-    if classes is None and not os.path.exists(os.path.join(
-            os.path.expanduser(args.data_root), 'VOC%d' % args.voc_year, 'classes.txt')):
-        from gluoncv.data import VOCDetection
-        classes = list(VOCDetection.CLASSES)
+    classes = [c for c in args.classes.split(',') if c] or None  # None: classes.txt or VOC's
     train_set = voc_detection(args.data_root, args.train_split.split(','), classes=classes,
                               year=args.voc_year)
     val_set = voc_detection(args.data_root, args.val_split.split(','), classes=classes,
@@ -210,8 +206,7 @@ def draw_detections(net, val_set, ctx, classes, path, num=8, thresh=0.5, size=12
         ax.set_axis_off()
     fig.suptitle('RetinaNet detections (score > %.1f)' % thresh)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------

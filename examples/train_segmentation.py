@@ -45,7 +45,7 @@ from gluon_focal.segmentation import (SegmentationBCELoss, SegmentationFocalLoss
                                       sigmoid_to_two_class, voc_segmentation,
                                       write_voc_segmentation)
 from gluon_focal.training import (CheckpointManager, add_training_args,  # noqa: E402
-                                  contexts_from_args, plot_curves, progress)
+                                  contexts_from_args, plot_curves, progress, save_figure)
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -237,8 +237,7 @@ def save_panel(args, net, val_set, ctx, path):
             ax.axis('off')
     fig.suptitle('%s loss, validation images' % args.loss)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------------

@@ -61,7 +61,7 @@ from gluon_focal.detection import (SSDFocalMultiBoxLoss, SigmoidSSD,  # noqa: E4
                                    tiny_ssd, voc_detection)
 from gluon_focal.distributed import create_kvstore, rank_and_size, shard  # noqa: E402
 from gluon_focal.training import (CheckpointManager, add_training_args,  # noqa: E402
-                                  contexts_from_args, plot_curves, progress)
+                                  contexts_from_args, plot_curves, progress, save_figure)
 
 
 def parse_args(argv=None):
@@ -112,11 +112,9 @@ def get_dataset(args):
     if not args.data_root:
         raise SystemExit('--dataset voc needs --data-root')
     root = os.path.expanduser(args.data_root)
-    classes = None  # VOC2007/classes.txt when present ...
-    if not os.path.exists(os.path.join(root, 'VOC2007', 'classes.txt')):
-        classes = gcv.data.VOCDetection.CLASSES  # ... else Pascal VOC's 20 classes
-    train = voc_detection(root, args.train_split, classes=classes)
-    val = voc_detection(root, args.val_split, classes=classes)
+    # classes from VOC2007/classes.txt when present, else Pascal VOC's 20
+    train = voc_detection(root, args.train_split)
+    val = voc_detection(root, args.val_split)
     return train, val, train.classes
 
 
@@ -236,10 +234,7 @@ def draw_detections(detector, dataset, classes, path, num, thresh, data_shape, c
         ax.set_title('%d objects' % len(label), fontsize=8)
         ax.axis('off')
     fig.tight_layout()
-    tmp = path + '.tmp.png'
-    fig.savefig(tmp, dpi=90)
-    os.replace(tmp, path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------

@@ -145,5 +145,11 @@ def plot_curves(history, path, title=''):
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, format='png', dpi=100))
+    save_figure(fig, path)
+
+
+def save_figure(fig, path, dpi=100):
+    """Write a matplotlib figure as PNG atomically, then close it."""
+    import matplotlib.pyplot as plt
+    _atomic_write(path, lambda tmp: fig.savefig(tmp, format='png', dpi=dpi))
     plt.close(fig)

@@ -1,5 +1,4 @@
 """SyntheticShapesDetection and the VOC-format round trip."""
-import os
 import xml.etree.ElementTree as ET
 
 import numpy as np

@@ -39,7 +39,6 @@ import faulthandler
 import json
 import os
 import re
-import sys
 from collections import namedtuple
 
 import numpy as np

@@ -3,7 +3,6 @@
 The kernel must be built (setup.py / ``python -m gluon_focal.kernel.build``);
 if it is not, these tests FAIL rather than skip.
 """
-import itertools
 import os
 import subprocess
 import sys

@@ -7,3 +7,10 @@ from .retinanet import (RetinaNet, RetinaNetLoss, get_retinanet, retinanet_resne
                         retinanet_resnet50_v1b, scaled_resnet_v1b)
 from .targets import (RetinaNetTargetGenerator, RetinaNetTrainTransform, RetinaNetValTransform,
                       BACKGROUND_LABEL, IGNORE_LABEL)
+
+__all__ = ['CLASSES', 'SyntheticShapesDetection', 'write_voc_detection', 'voc_detection',
+           'ShapesVOCDetection', 'SSDFocalMultiBoxLoss', 'SigmoidSSD', 'init_focal_bias',
+           'tiny_ssd', 'TinySSDBackbone', 'ssd_anchors', 'RetinaNet', 'RetinaNetLoss',
+           'get_retinanet', 'retinanet_resnet18_v1b', 'retinanet_resnet50_v1b',
+           'scaled_resnet_v1b', 'RetinaNetTargetGenerator', 'RetinaNetTrainTransform',
+           'RetinaNetValTransform', 'BACKGROUND_LABEL', 'IGNORE_LABEL']

@@ -447,8 +447,8 @@ def voc_detection(root, split='trainval', classes=None, year=2007, transform=Non
         Image-set name(s) in ``ImageSets/Main``, e.g. ``'train'``, ``'val'``.
     classes : sequence of str, optional
         Class names (lower case).  Default: ``VOC<year>/classes.txt`` when it
-        exists, otherwise :data:`CLASSES`.  Pass
-        ``gluoncv.data.VOCDetection.CLASSES`` for real Pascal VOC.
+        exists (as :func:`write_voc_detection` writes it), otherwise Pascal
+        VOC's 20 classes (``gluoncv.data.VOCDetection.CLASSES``).
     transform : callable, optional
         Passed to ``VOCDetection``.
     kwargs
@@ -460,7 +460,8 @@ def voc_detection(root, split='trainval', classes=None, year=2007, transform=Non
             with open(path) as f:
                 classes = tuple(line.strip() for line in f if line.strip())
         else:
-            classes = CLASSES
+            from gluoncv.data import VOCDetection
+            classes = VOCDetection.CLASSES
     names = [split] if isinstance(split, str) else list(split)
     if isinstance(year, str) and year.isdigit():
         year = int(year)  # VOCDetection uses a str year as the folder name itself

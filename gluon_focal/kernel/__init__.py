@@ -56,7 +56,6 @@ Graphs exported with this operator need ``import gluon_focal`` (or
 import ctypes
 import os
 import threading
-import warnings
 
 __all__ = ['load', 'available', 'unavailable_reason', 'library_path', 'op_attrs',
            'fused_focal_loss', 'set_num_threads', 'get_num_threads',

@@ -39,7 +39,7 @@ from gluoncv.loss import MixSoftmaxCrossEntropyLoss  # noqa: E402
 from gluoncv.utils.metrics import SegmentationMetric  # noqa: E402
 
 import gluon_focal  # noqa: E402
-from gluon_focal.distributed import create_kvstore, is_distributed, shard  # noqa: E402
+from gluon_focal.distributed import create_kvstore, rank_and_size, shard  # noqa: E402
 from gluon_focal.segmentation import (SegmentationBCELoss, SegmentationFocalLoss,  # noqa: E402
                                       SigmoidSegmentationMetric, SyntheticSmallTargets,
                                       sigmoid_to_two_class, voc_segmentation,
@@ -275,7 +275,8 @@ def main(argv=None):
                             kvstore=kv)
 
     # every worker resumes (so all run the same steps under dist_sync); the chief saves
-    is_chief = not is_distributed(kv) or kv.rank == 0
+    rank, num_workers = rank_and_size(kv)
+    is_chief = rank == 0
     checkpoints = CheckpointManager(args.out_dir)
     start_epoch, history = 0, {}
     if args.resume:
@@ -299,7 +300,8 @@ def main(argv=None):
                 # GluonCV's calling convention: criterion(*outputs, target)
                 losses = [criterion(*net(x), y) for x, y in zip(data, label)]
             autograd.backward(losses)
-            trainer.step(sum(x.shape[0] for x in data))
+            # dist_sync sums the workers' gradients: normalise by the global batch
+            trainer.step(num_workers * sum(x.shape[0] for x in data))
             total += sum(l.sum().asscalar() for l in losses) / sum(x.shape[0] for x in data)
             batches += 1
             bar.set_postfix(loss='%.4f' % (total / batches))

@@ -405,5 +405,5 @@ def test_export_import_needs_gluon_focal(tmp_path):
     assert 'EXPORTED' in run('export')
     assert 'MATCH' in run('import_with')
     without = run('import_without')
-    assert 'FAILED' in without and 'gluon_focal_loss' in without, without
-    assert 'import gluon_focal' in kernel.IMPORT_HINT
+    # MXNet prints the node name, which says what to import
+    assert 'FAILED' in without and 'needs_import_gluon_focal' in without, without

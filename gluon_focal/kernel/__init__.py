@@ -59,13 +59,11 @@ import threading
 
 __all__ = ['load', 'available', 'unavailable_reason', 'library_path', 'op_attrs',
            'fused_focal_loss', 'set_num_threads', 'get_num_threads',
-           'default_num_threads', 'simd_level', 'needs_grad_add', 'OP_NAME', 'IMPORT_HINT']
+           'default_num_threads', 'simd_level', 'needs_grad_add', 'OP_NAME', 'GRAPH_NODE_NAME']
 
 OP_NAME = 'gluon_focal_loss'
 LIB_NAME = 'libgluon_focal_op.so'
-IMPORT_HINT = ("graphs containing the '%s' operator need the gluon-focal extension: "
-               "run `import gluon_focal` (which loads it) before "
-               "mxnet.gluon.SymbolBlock.imports / mx.sym.load" % OP_NAME)
+GRAPH_NODE_NAME = 'focal_loss_needs_import_gluon_focal'
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _lock = threading.Lock()
@@ -243,6 +241,7 @@ def fused_focal_loss(F, pred, label, grad_add='auto', **attrs):
     Gradients from several consumers of pred are summed by MXNet itself and
     need nothing.
     """
+    import mxnet as mx
     if not _state['loaded']:
         load()
     op = getattr(F, OP_NAME)
@@ -250,4 +249,9 @@ def fused_focal_loss(F, pred, label, grad_add='auto', **attrs):
         grad_add = needs_grad_add(pred)
     if grad_add:
         pred = F.identity(pred)
+    if isinstance(pred, mx.sym.Symbol):
+        # the node name is what MXNet prints when a saved graph is loaded without
+        # this library ("Failed loading Op <name> of type gluon_focal_loss"): make it say
+        # what to import
+        return op(pred, label, name=GRAPH_NODE_NAME, **op_attrs(**attrs))
     return op(pred, label, **op_attrs(**attrs))

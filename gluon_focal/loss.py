@@ -212,7 +212,8 @@ class FocalLoss(Loss):
 
     @property
     def impl(self):
-        """'fused' or 'composite': the implementation this loss runs."""
+        """'fused' or 'composite': the implementation this loss prefers (with
+        impl='auto', layouts the kernel cannot reduce still run composite)."""
         return self._impl
 
     def forward(self, pred, label, sample_weight=None):
@@ -255,10 +256,10 @@ class FocalLoss(Loss):
             loss = _cast(F, self._fused(F, pred, label, 'none', None), resolved.dtype, compute)
             if self._normalization in ('valid', 'positive'):  # these count labels
                 target, valid = dense_targets(F, label, resolved, compute,
-                                              self._class_index(F, pred, compute),
+                                              self._class_index(F, pred, compute, False),
                                               self._ignore_label, self._background_label)
         else:
-            class_index = self._class_index(F, pred, compute)
+            class_index = self._class_index(F, pred, compute, self._alpha_values is not None)
             target, valid = dense_targets(F, label, resolved, compute, class_index,
                                           self._ignore_label, self._background_label)
             pred = _cast(F, pred, resolved.dtype, compute)
@@ -273,10 +274,10 @@ class FocalLoss(Loss):
         loss = reduce_loss(F, loss, target, valid, self._normalization, self._batch_axis)
         return _cast(F, loss, compute, resolved.dtype)
 
-    def _class_index(self, F, pred, dtype):
-        """Element positions along the class axis, where sparse labels or
-        per-class alpha need them."""
-        if self._resolved.mode == 'sparse' or self._alpha_values is not None:
+    def _class_index(self, F, pred, dtype, per_class_alpha):
+        """Element positions along the class axis, where sparse labels or a
+        per-class alpha lookup need them (else None)."""
+        if self._resolved.mode == 'sparse' or per_class_alpha:
             return class_index_like(F, pred, self._resolved.axis, dtype)
         return None
 

@@ -12,7 +12,8 @@ needs; this module wires them together in the model zoo's style:
   9 per location (scales 2^0, 2^(1/3), 2^(2/3) x ratios 0.5, 1, 2) with side
   ``anchor_size * stride`` (4 in the paper),
 * box coding: ``gluoncv.nn.coder.NormalizedBoxCenterDecoder``,
-* class-wise NMS: ``F.contrib.box_nms``.
+* class-wise NMS: ``F.contrib.box_nms`` on class-offset boxes
+  (:mod:`gluon_focal.detection.postprocess`), so that the ONNX export computes it too.
 
 The class subnet and the box subnet are each ``head_layers`` 3x3 convs of
 ``head_channels`` filters with ReLU, shared across pyramid levels but not
@@ -37,6 +38,7 @@ from mxnet.gluon import nn
 
 from ..init import PriorProbability
 from ..loss import FocalLoss
+from .postprocess import classwise_nms, threshold_topk
 
 __all__ = ['RetinaNet', 'RetinaNetLoss', 'get_retinanet', 'retinanet_resnet18_v1b',
            'retinanet_resnet50_v1b', 'scaled_resnet_v1b', 'stage_output_names']
@@ -181,6 +183,11 @@ class RetinaNet(gluon.HybridBlock):
         self._cached_training = None
         super(RetinaNet, self).hybridize(active, **kwargs)
 
+    def infer_shape(self, *args):
+        """Deferred parameter shapes, from the network alone: the inference graph cuts
+        the NMS input to its valid rows, a shape MXNet's shape inference cannot follow."""
+        self.level_outputs(mx.nd, *args)
+
     def set_nms(self, nms_thresh=0.5, pre_nms_topk=1000, post_nms=100, score_thresh=0.05):
         """Change the inference post-processing (clears the hybridized graph)."""
         self._clear_cached_op()
@@ -214,39 +221,33 @@ class RetinaNet(gluon.HybridBlock):
                     F.concat(*anchors, dim=1))
         dets = [self._level_candidates(F, c, b, a, x)
                 for c, b, a in zip(cls_preds, box_preds, anchors)]
-        dets = F.concat(*dets, dim=1)  # (B, levels * k, 6): id, score, box
-        dets = F.contrib.box_nms(dets, overlap_thresh=self.nms_thresh,
-                                 valid_thresh=self.score_thresh, topk=-1, coord_start=2,
-                                 score_index=1, id_index=0, background_id=-1,
-                                 force_suppress=False, in_format='corner', out_format='corner')
-        keep = min(self.post_nms, len(self.strides) * self.pre_nms_topk)
-        if keep > 0:
-            dets = dets.slice_axis(axis=1, begin=0, end=keep)
-        ids = dets.slice_axis(axis=2, begin=0, end=1)
-        scores = dets.slice_axis(axis=2, begin=1, end=2)
-        bboxes = dets.slice_axis(axis=2, begin=2, end=6)
-        return ids, scores, bboxes
+        ids, scores, bboxes = [F.concat(*parts, dim=1) for parts in zip(*dets)]
+        rows = len(self.strides) * self.pre_nms_topk
+        keep = min(self.post_nms, rows) if self.post_nms > 0 else rows
+        return classwise_nms(F, ids, scores, bboxes, self.nms_thresh, self.score_thresh, keep)
 
     def _level_candidates(self, F, cls, box, anchors, img):
-        """Top-k (anchor, class) pairs of one level above the score threshold,
-        decoded: (B, k, 6) rows [class id or -1, score, xmin, ymin, xmax, ymax]."""
+        """The top-k (anchor, class) pairs of one level among those above the score
+        threshold, decoded: class ids (B, k, 1), scores (B, k, 1) (-1 for empty
+        slots), boxes (B, k, 4). Only these k boxes are decoded."""
         k = self.pre_nms_topk
         scores = F.sigmoid(cls).reshape((0, -1))  # (B, N*C), index = anchor * C + class
-        # pad with k entries scoring -1 so that topk's k never exceeds a small level's size
-        pad = F.broadcast_axis(F.ones_like(scores.slice_axis(axis=1, begin=0, end=1)),
-                               axis=1, size=k) * -1.
-        scores, idx = F.topk(F.concat(scores, pad, dim=1), axis=1, k=k, ret_typ='both',
-                             dtype='float32')
+        scores, idx = threshold_topk(F, scores, k, self.score_thresh)
         anchor_idx = F.floor(idx / self.num_class)
         cls_id = idx - anchor_idx * self.num_class
-        cls_id = F.where(scores > self.score_thresh, cls_id, F.ones_like(cls_id) * -1.)
-        boxes = self.box_clip(self.box_decoder(box, anchors), img)  # (B, N, 4)
-        boxes = F.concat(boxes, F.broadcast_axis(
-            F.zeros_like(boxes.slice_axis(axis=1, begin=0, end=1)), axis=1, size=k), dim=1)
+        # k zero rows so that the padding slots (index >= N) gather something
+        pad = F.broadcast_axis(F.zeros_like(box.slice_axis(axis=1, begin=0, end=1)),
+                               axis=1, size=k)
+        box = F.concat(box, pad, dim=1)
+        anchors = F.concat(anchors, pad.slice_axis(axis=0, begin=0, end=1), dim=1)
         batch_idx = F.broadcast_like(F.contrib.arange_like(scores, axis=0).reshape((-1, 1)),
                                      scores)
-        picked = F.gather_nd(boxes, F.stack(batch_idx, anchor_idx, axis=0))  # (B, k, 4)
-        return F.concat(cls_id.expand_dims(-1), scores.expand_dims(-1), picked, dim=-1)
+        box = F.gather_nd(box, F.stack(batch_idx, anchor_idx, axis=0))            # (B, k, 4)
+        anchors = F.gather_nd(anchors, F.stack(batch_idx * 0, anchor_idx, axis=0))
+        # box_decode takes one batch of anchors: decode the B*k rows as one image's
+        boxes = self.box_decoder(box.reshape((1, -1, 4)), anchors.reshape((1, -1, 4)))
+        boxes = self.box_clip(boxes.reshape_like(box), img)
+        return cls_id.expand_dims(-1), scores.expand_dims(-1), boxes
 
     # -- helpers ---------------------------------------------------------------
     def get_anchors(self, height, width):

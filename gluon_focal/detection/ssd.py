@@ -65,9 +65,14 @@ from mxnet.gluon import nn
 
 from ..init import prior_bias
 from ..loss import FocalLoss
+from .postprocess import classwise_nms, threshold_topk
 
 __all__ = ['SSDFocalMultiBoxLoss', 'SigmoidSSD', 'init_focal_bias', 'tiny_ssd',
            'TinySSDBackbone', 'ssd_anchors']
+
+
+# GluonCV's SSD score threshold (MultiPerClassDecoder and box_nms's valid_thresh)
+_SCORE_THRESH = 0.01
 
 
 def _as_list(x):
@@ -189,12 +194,20 @@ class SigmoidSSD(gluon.HybridBlock):
     def num_classes(self):
         return self.ssd.num_classes
 
+    def infer_shape(self, *args):
+        """Deferred parameter shapes, from the wrapped SSD: the inference graph cuts
+        the NMS input to its valid rows, a shape MXNet's shape inference cannot follow."""
+        self.ssd(*args)
+
     def set_nms(self, nms_thresh=0.45, nms_topk=400, post_nms=100):
         """Forwarded to ``SSD.set_nms``."""
         self._clear_cached_op()
         self.ssd.set_nms(nms_thresh=nms_thresh, nms_topk=nms_topk, post_nms=post_nms)
 
     def hybrid_forward(self, F, x):  # pylint: disable=arguments-differ
+        # A copy of gluoncv.model_zoo.ssd.SSD.hybrid_forward (gluoncv 0.10.5.post0)
+        # with two changes: sigmoid scores, and the pre-NMS top-k and class-wise NMS
+        # written so that they export to ONNX (see gluon_focal.detection.postprocess).
         net = self.ssd
         features = net.features(x)
         cls_preds = [F.flatten(F.transpose(cp(feat), (0, 2, 3, 1)))
@@ -222,15 +235,30 @@ class SigmoidSSD(gluon.HybridBlock):
             results.append(F.concat(*[cls_id, score, bboxes], dim=-1))
         result = F.concat(*results, dim=1)
         if 0 < net.nms_thresh < 1:
-            result = F.contrib.box_nms(
-                result, overlap_thresh=net.nms_thresh, topk=net.nms_topk, valid_thresh=0.01,
-                id_index=0, score_index=1, coord_start=2, force_suppress=False)
-            if net.post_nms > 0:
-                result = result.slice_axis(axis=1, begin=0, end=net.post_nms)
+            return self._nms(F, result)
         ids = F.slice_axis(result, axis=2, begin=0, end=1)
         scores = F.slice_axis(result, axis=2, begin=1, end=2)
         bboxes = F.slice_axis(result, axis=2, begin=2, end=6)
         return ids, scores, bboxes
+
+    def _nms(self, F, result):
+        """GluonCV's ``box_nms(result, topk=nms_topk, valid_thresh=0.01, id_index=0,
+        force_suppress=False)`` and ``post_nms`` slice, with the top-k done explicitly."""
+        net = self.ssd
+        if net.nms_topk > 0:
+            scores = result.slice_axis(axis=2, begin=1, end=2).reshape((0, -1))
+            _, order = threshold_topk(F, scores, net.nms_topk, _SCORE_THRESH)
+            # padding slots point past the rows: give them one row of -1
+            pad = F.ones_like(result.slice_axis(axis=1, begin=0, end=1)) * -1.
+            result = F.concat(result, F.broadcast_axis(pad, axis=1, size=net.nms_topk), dim=1)
+            batch_idx = F.broadcast_like(
+                F.contrib.arange_like(order, axis=0).reshape((-1, 1)), order)
+            result = F.gather_nd(result, F.stack(batch_idx, order, axis=0))
+        keep = net.post_nms if net.post_nms > 0 else max(net.nms_topk, 0) or None
+        return classwise_nms(F, result.slice_axis(axis=2, begin=0, end=1),
+                             result.slice_axis(axis=2, begin=1, end=2),
+                             result.slice_axis(axis=2, begin=2, end=6),
+                             net.nms_thresh, _SCORE_THRESH, keep)
 
 
 def init_focal_bias(net, prior=0.01):

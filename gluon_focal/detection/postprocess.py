@@ -1,0 +1,95 @@
+"""Detection post-processing shared by :class:`RetinaNet` and :class:`SigmoidSSD`.
+
+Both detectors score every (anchor, class) pair independently, keep a
+pre-NMS top-k of the pairs above a score threshold and run class-wise NMS.
+Two things make that both fast in MXNet and exportable to ONNX:
+
+* **Class-wise NMS as class-agnostic NMS on offset boxes.** MXNet's ONNX
+  converter maps ``box_nms`` to ONNX ``NonMaxSuppression`` class-agnostically
+  (it ignores ``id_index``/``force_suppress=False``) and maps ``topk`` to
+  ``max_output_boxes_per_class``. Shifting each box by ``class_id * span``
+  (``span`` larger than the extent of all boxes) puts boxes of different
+  classes far apart, so class-agnostic NMS never compares them, and both
+  MXNet and onnxruntime do the same arithmetic. The original boxes ride
+  along as extra columns and are what the detector returns.
+* **Only valid rows reach NMS.** ``box_nms`` costs O(rows^2) in MXNet even
+  when most rows are below the threshold; sorting the rows by score and
+  cutting them (``boolean_mask``) after the last valid row of any image makes
+  its cost O(valid^2). Rows dropped that way are below the threshold in every
+  image, so the output is unchanged.
+"""
+
+__all__ = ['threshold_topk', 'classwise_nms']
+
+
+def threshold_topk(F, scores, k, thresh):
+    """Top-``k`` entries of ``scores`` (B, M) along axis 1 among those above ``thresh``.
+
+    Returns ``(top_scores, indices)``, both (B, k) float32; slots without a score
+    above ``thresh`` (including the ones when M < k) hold score -1. Equal to
+    "top-k first, threshold second" (the set of pairs kept is the same).
+    """
+    masked = F.where(scores > thresh, scores, F.ones_like(scores) * -1.)
+    # k padding entries so that topk's k never exceeds a small input
+    pad = F.broadcast_axis(F.ones_like(masked.slice_axis(axis=1, begin=0, end=1)),
+                           axis=1, size=k) * -1.
+    return F.topk(F.concat(masked, pad, dim=1), axis=1, k=k, ret_typ='both', dtype='float32')
+
+
+def _batch_gather(F, data, index):
+    """``data`` (B, M, W) rows picked by ``index`` (B, k) float -> (B, k, W)."""
+    batch_idx = F.broadcast_like(F.contrib.arange_like(index, axis=0).reshape((-1, 1)), index)
+    return F.gather_nd(data, F.stack(batch_idx, index, axis=0))
+
+
+def classwise_nms(F, ids, scores, boxes, nms_thresh, valid_thresh, keep):
+    """Class-wise greedy NMS of (B, R) candidates, exportable to ONNX.
+
+    Parameters
+    ----------
+    ids, scores : Symbol or NDArray, (B, R, 1)
+        Class id (-1: not a detection) and score of each candidate.
+    boxes : (B, R, 4)
+        Corner-format boxes.
+    nms_thresh : float
+        Suppress a box whose IoU with a higher-scoring box of its class exceeds this.
+    valid_thresh : float
+        Only candidates scoring above this (and with id >= 0) are detections.
+    keep : int or None
+        Rows returned per image, best first, missing rows -1; None: the rows
+        after the cut described in the module docstring (their number varies).
+
+    Returns
+    -------
+    ids (B, keep, 1), scores (B, keep, 1), boxes (B, keep, 4), as
+    ``box_nms(..., id_index=0, force_suppress=False)`` followed by a slice would
+    give them.
+    """
+    valid = (ids > -0.5) * (scores > valid_thresh)                # (B, R, 1)
+    scores = F.where(valid, scores, F.ones_like(scores) * -1.)
+    # sort by score (box_nms sorts stably; a stable argsort keeps its tie order)
+    order = F.argsort(scores.reshape((0, -1)), axis=1, is_ascend=False, dtype='float32')
+    rows = _batch_gather(F, F.concat(ids, scores, boxes, dim=-1), order)  # (B, R, 6)
+    valid = rows.slice_axis(axis=2, begin=1, end=2).reshape((0, -1)) > valid_thresh
+    # cut after the last valid row of any image (keep >= 1 row: box_nms needs one)
+    num_valid = F.max(F.sum(valid, axis=1))
+    position = F.contrib.arange_like(valid, axis=1)
+    cut = F.broadcast_lesser(position, F.maximum(num_valid, 1.))
+    # (boolean_mask's axis=1 is broken for 3-d data in MXNet 1.9.1: mask axis 0)
+    rows = F.contrib.boolean_mask(rows.transpose((1, 0, 2)), cut).transpose((1, 0, 2))
+    ids = rows.slice_axis(axis=2, begin=0, end=1)
+    boxes = rows.slice_axis(axis=2, begin=2, end=6)
+    # boxes of class c move by c * span: span exceeds every valid box's extent
+    valid = F.broadcast_like(rows.slice_axis(axis=2, begin=1, end=2) > valid_thresh, boxes)
+    span = F.max(F.abs(F.where(valid, boxes, F.zeros_like(boxes)))) * 2 + 1
+    shifted = F.broadcast_add(boxes, F.broadcast_mul(F.maximum(ids, 0.), span))
+    dets = F.concat(rows.slice_axis(axis=2, begin=0, end=2), shifted, boxes, dim=-1)
+    dets = F.contrib.box_nms(dets, overlap_thresh=nms_thresh, valid_thresh=valid_thresh,
+                             topk=-1, coord_start=2, score_index=1, id_index=-1,
+                             force_suppress=True, in_format='corner', out_format='corner')
+    if keep is not None:  # fixed number of rows: pad with -1, then slice
+        pad = F.ones_like(dets.slice_axis(axis=1, begin=0, end=1)) * -1.
+        dets = F.concat(dets, F.broadcast_axis(pad, axis=1, size=keep), dim=1)
+        dets = dets.slice_axis(axis=1, begin=0, end=keep)
+    return (dets.slice_axis(axis=2, begin=0, end=1), dets.slice_axis(axis=2, begin=1, end=2),
+            dets.slice_axis(axis=2, begin=6, end=10))

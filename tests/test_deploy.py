@@ -1,0 +1,157 @@
+"""Deployment: the detectors' inference post-processing (unchanged detections,
+exportable class-wise NMS) and ONNX export run by onnxruntime.
+
+Tiny inputs (64 px) and narrow networks keep the file at a few seconds per test.
+"""
+import numpy as np
+import pytest
+
+mx = pytest.importorskip('mxnet')
+pytest.importorskip('gluoncv')
+from mxnet import gluon  # noqa: E402
+
+from gluon_focal.detection import SigmoidSSD, get_retinanet, init_focal_bias, tiny_ssd  # noqa: E402
+
+SIZE = 64
+CLASSES = ['circle', 'triangle', 'square', 'cross', 'ring']
+
+
+def demo_retinanet(**kwargs):
+    """examples/train_retinanet.py's default model (GroupNorm heads), at 64 px, with
+    weights set so that hundreds of (anchor, class) pairs score above 0.05 with
+    distinct scores and boxes of all sizes."""
+    cfg = dict(classes=CLASSES, backbone_width=0.5, fpn_channels=64, head_channels=64,
+               head_layers=2, head_norm='gn', anchor_size=2, anchor_alloc_size=128)
+    cfg.update(kwargs)
+    mx.random.seed(0)
+    net = get_retinanet('resnet18_v1b', **cfg)
+    net.initialize()
+    last_cls, last_box = net.class_subnet[-1], net.box_subnet[-1]
+    last_cls.bias.set_data(mx.nd.zeros_like(last_cls.bias.data()) - 1.5)
+    last_cls.weight.set_data(last_cls.weight.data() * 10)
+    last_box.weight.set_data(last_box.weight.data() * 30)
+    return net
+
+
+def demo_ssd():
+    mx.random.seed(0)
+    net = tiny_ssd(CLASSES, base_size=SIZE, channels=(8, 16, 16, 16, 16, 16))
+    net.initialize(mx.init.Xavier(magnitude=2))
+    # BatchNorm statistics of the data, so that the features do not vanish
+    for seed in range(20):
+        with mx.autograd.record():  # (MXNet updates them in the backward pass)
+            cls, box, _ = net(images(4, 100 + seed))
+            total = cls.sum() + box.sum()
+        total.backward()
+    init_focal_bias(net, prior=0.05)
+    for cp in net.class_predictors:  # spread-out scores
+        cp.predictor.weight.set_data(cp.predictor.weight.data() * 10)
+    for bp in net.box_predictors:
+        bp.predictor.weight.set_data(bp.predictor.weight.data() * 3)
+    return SigmoidSSD(net)
+
+
+def images(n, seed, size=SIZE):
+    return mx.nd.array(np.random.RandomState(seed).uniform(-2, 2, (n, 3, size, size)))
+
+
+# ---------------------------------------------------------------------------
+# the post-processing as it was before export support (gluon-focal 0.1.0):
+# kept here, verbatim in what it computes, as the reference the new graph must match
+# ---------------------------------------------------------------------------
+def _old_retinanet(net, x):
+    F = mx.nd
+    cls_preds, box_preds, anchors = net.level_outputs(F, x)
+    dets = []
+    for cls, box, anc in zip(cls_preds, box_preds, anchors):
+        k = net.pre_nms_topk
+        scores = F.sigmoid(cls).reshape((0, -1))
+        pad = F.broadcast_axis(F.ones_like(scores.slice_axis(axis=1, begin=0, end=1)),
+                               axis=1, size=k) * -1.
+        scores, idx = F.topk(F.concat(scores, pad, dim=1), axis=1, k=k, ret_typ='both',
+                             dtype='float32')
+        anchor_idx = F.floor(idx / net.num_class)
+        cls_id = idx - anchor_idx * net.num_class
+        cls_id = F.where(scores > net.score_thresh, cls_id, F.ones_like(cls_id) * -1.)
+        boxes = net.box_clip(net.box_decoder(box, anc), x)
+        boxes = F.concat(boxes, F.broadcast_axis(
+            F.zeros_like(boxes.slice_axis(axis=1, begin=0, end=1)), axis=1, size=k), dim=1)
+        batch_idx = F.broadcast_like(F.contrib.arange_like(scores, axis=0).reshape((-1, 1)),
+                                     scores)
+        picked = F.gather_nd(boxes, F.stack(batch_idx, anchor_idx, axis=0))
+        dets.append(F.concat(cls_id.expand_dims(-1), scores.expand_dims(-1), picked, dim=-1))
+    dets = F.contrib.box_nms(F.concat(*dets, dim=1), overlap_thresh=net.nms_thresh,
+                             valid_thresh=net.score_thresh, topk=-1, coord_start=2,
+                             score_index=1, id_index=0, background_id=-1,
+                             force_suppress=False, in_format='corner', out_format='corner')
+    keep = min(net.post_nms, len(net.strides) * net.pre_nms_topk)
+    if keep > 0:
+        dets = dets.slice_axis(axis=1, begin=0, end=keep)
+    return [dets.slice_axis(axis=2, begin=b, end=e).asnumpy()
+            for b, e in ((0, 1), (1, 2), (2, 6))]
+
+
+def _old_sigmoid_ssd(det, x):
+    F, net = mx.nd, det.ssd
+    feats = net.features(x)
+    cls_preds = F.concat(*[F.flatten(F.transpose(cp(f), (0, 2, 3, 1)))
+                           for f, cp in zip(feats, net.class_predictors)], dim=1)
+    box_preds = F.concat(*[F.flatten(F.transpose(bp(f), (0, 2, 3, 1)))
+                           for f, bp in zip(feats, net.box_predictors)], dim=1)
+    anchors = F.concat(*[F.reshape(ag(f), shape=(1, -1))
+                         for f, ag in zip(feats, net.anchor_generators)], dim=1)
+    cls_preds = cls_preds.reshape((0, -1, net.num_classes + 1))
+    bboxes = net.bbox_decoder(box_preds.reshape((0, -1, 4)), anchors.reshape((1, -1, 4)))
+    probs = F.concat(F.zeros_like(cls_preds.slice_axis(axis=-1, begin=0, end=1)),
+                     F.sigmoid(cls_preds.slice_axis(axis=-1, begin=1, end=None)), dim=-1)
+    cls_ids, scores = net.cls_decoder(probs)
+    result = F.concat(*[F.concat(cls_ids.slice_axis(axis=-1, begin=i, end=i + 1),
+                                 scores.slice_axis(axis=-1, begin=i, end=i + 1), bboxes, dim=-1)
+                        for i in range(net.num_classes)], dim=1)
+    result = F.contrib.box_nms(result, overlap_thresh=net.nms_thresh, topk=net.nms_topk,
+                               valid_thresh=0.01, id_index=0, score_index=1, coord_start=2,
+                               force_suppress=False)
+    result = result.slice_axis(axis=1, begin=0, end=net.post_nms)
+    return [result.slice_axis(axis=2, begin=b, end=e).asnumpy()
+            for b, e in ((0, 1), (1, 2), (2, 6))]
+
+
+def _assert_same(got, expected):
+    for g, e in zip(got, expected):
+        np.testing.assert_array_equal(g.asnumpy() if hasattr(g, 'asnumpy') else g, e)
+
+
+@pytest.mark.parametrize('hybridize', [False, True])
+def test_retinanet_detections_unchanged(hybridize):
+    net = demo_retinanet(pre_nms_topk=200, post_nms=60)
+    if hybridize:
+        net.hybridize(static_alloc=True, static_shape=True)
+    for seed in range(3):
+        x = images(2, seed)
+        expected = _old_retinanet(net, x)
+        # many candidates and detections: the NMS and the top-k cap both act
+        assert (expected[0] >= 0).sum(axis=1).min() >= 30
+        _assert_same(net(x), expected)
+
+
+def test_retinanet_detections_unchanged_without_any_detection():
+    net = demo_retinanet()
+    net.class_subnet[-1].bias.set_data(mx.nd.zeros_like(net.class_subnet[-1].bias.data()) - 50)
+    net.hybridize(static_alloc=True, static_shape=True)
+    x = images(2, 0)
+    ids, scores, bboxes = net(x)
+    assert ids.shape == (2, 100, 1) and (ids == -1).asnumpy().all()
+    _assert_same((ids, scores, bboxes), _old_retinanet(net, x))
+
+
+@pytest.mark.parametrize('hybridize', [False, True])
+def test_sigmoid_ssd_detections_unchanged(hybridize):
+    det = demo_ssd()
+    det.set_nms(nms_thresh=0.45, nms_topk=150, post_nms=50)
+    if hybridize:
+        det.hybridize(static_alloc=True, static_shape=True)
+    for seed in range(3):
+        x = images(2, seed)
+        expected = _old_sigmoid_ssd(det, x)
+        assert (expected[0] >= 0).sum(axis=1).min() >= 20
+        _assert_same(det(x), expected)

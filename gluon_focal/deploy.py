@@ -31,7 +31,7 @@ import numpy as np
 import mxnet as mx
 from mxnet import autograd, gluon
 
-__all__ = ['export_onnx', 'check_onnx', 'onnx_session', 'supported_ops', 'OPSET']
+__all__ = ['export_onnx', 'check_onnx', 'compare_detections', 'onnx_session', 'supported_ops', 'OPSET']
 
 #: The ONNX opset of MXNet 1.9.1's converters (its newest converter table).
 OPSET = 13
@@ -239,7 +239,7 @@ def export_onnx(net, path, input_shape, dynamic=False, check=True):
     check : bool
         Run the file in onnxruntime on a random input of ``input_shape`` and
         raise ``RuntimeError`` if any output differs from MXNet's beyond
-        rtol=1e-3, atol=1e-4 (detections: ids must be equal).
+        rtol=1e-3, atol=1e-4 (detections: see :func:`compare_detections`).
 
     Returns
     -------
@@ -344,9 +344,42 @@ def onnx_session(path, threads=None):
     return ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
 
 
+def _is_detection(outputs):
+    return len(outputs) == 3 and [o.ndim for o in outputs] == [3, 3, 3] and \
+        [o.shape[-1] for o in outputs] == [1, 1, 4]
+
+
+def compare_detections(got, expected, score_atol=1e-4, box_rtol=1e-3, box_atol=1e-4):
+    """Why two ``(ids, scores, bboxes)`` results differ, or None if they agree:
+    per image the same number of detections, and each expected detection has one
+    in ``got`` with the same class id, a score within ``score_atol`` and a box
+    within ``box_rtol`` (relative, plus ``box_atol``). Detections are matched
+    rather than compared row by row because scores that differ by float rounding
+    may swap neighbouring rows."""
+    (g_ids, g_scores, g_boxes), (e_ids, e_scores, e_boxes) = got, expected
+    if g_ids.shape != e_ids.shape or g_boxes.shape != e_boxes.shape:
+        return 'shapes %s vs %s' % (g_ids.shape, e_ids.shape)
+    for b in range(e_ids.shape[0]):
+        g_valid = np.flatnonzero(g_ids[b, :, 0] >= 0)
+        e_valid = np.flatnonzero(e_ids[b, :, 0] >= 0)
+        if len(g_valid) != len(e_valid):
+            return 'image %d: %d detections vs %d' % (b, len(g_valid), len(e_valid))
+        unused = set(g_valid.tolist())
+        for i in e_valid:
+            close = [j for j in sorted(unused) if g_ids[b, j, 0] == e_ids[b, i, 0]
+                     and abs(g_scores[b, j, 0] - e_scores[b, i, 0]) <= score_atol
+                     and np.allclose(g_boxes[b, j], e_boxes[b, i], rtol=box_rtol, atol=box_atol)]
+            if not close:
+                return 'image %d: no match for detection %d (class %d, score %.6f, box %s)' % (
+                    b, i, e_ids[b, i, 0], e_scores[b, i, 0], e_boxes[b, i])
+            unused.remove(close[0])
+    return None
+
+
 def check_onnx(net, path, input_shape, seed=0, rtol=1e-3, atol=1e-4):
     """Compare onnxruntime's outputs for ``path`` with ``net``'s on a random input
-    of ``input_shape``; raise ``RuntimeError`` naming the first output that differs."""
+    of ``input_shape``; raise ``RuntimeError`` naming the first output that differs.
+    Detections (ids, scores, bboxes) are compared by :func:`compare_detections`."""
     x = np.random.RandomState(seed).uniform(-1, 1, input_shape).astype(np.float32)
     with autograd.predict_mode():
         expected = net(mx.nd.array(x))
@@ -356,6 +389,12 @@ def check_onnx(net, path, input_shape, seed=0, rtol=1e-3, atol=1e-4):
     if len(got) != len(expected):
         raise RuntimeError('%s: onnxruntime gives %d outputs, MXNet %d'
                            % (path, len(got), len(expected)))
+    if _is_detection(expected):
+        why = compare_detections(got, expected)
+        if why:
+            raise RuntimeError('%s: onnxruntime\'s detections differ from MXNet\'s: %s'
+                               % (path, why))
+        return
     for i, (g, e) in enumerate(zip(got, expected)):
         if g.shape != e.shape or not np.allclose(g, e, rtol=rtol, atol=atol):
             where = 'shape %s vs %s' % (g.shape, e.shape) if g.shape != e.shape else \

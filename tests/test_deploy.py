@@ -37,18 +37,24 @@ def demo_ssd():
     mx.random.seed(0)
     net = tiny_ssd(CLASSES, base_size=SIZE, channels=(8, 16, 16, 16, 16, 16))
     net.initialize(mx.init.Xavier(magnitude=2))
-    # BatchNorm statistics of the data, so that the features do not vanish
-    for seed in range(20):
-        with mx.autograd.record():  # (MXNet updates them in the backward pass)
-            cls, box, _ = net(images(4, 100 + seed))
-            total = cls.sum() + box.sum()
-        total.backward()
+    calibrate_batchnorm(net)
     init_focal_bias(net, prior=0.05)
     for cp in net.class_predictors:  # spread-out scores
         cp.predictor.weight.set_data(cp.predictor.weight.data() * 10)
     for bp in net.box_predictors:
         bp.predictor.weight.set_data(bp.predictor.weight.data() * 3)
     return SigmoidSSD(net)
+
+
+def calibrate_batchnorm(net, steps=20):
+    """BatchNorm running statistics of the test images, so that the features of an
+    untrained network do not vanish in inference mode (MXNet updates them in the
+    backward pass)."""
+    for seed in range(steps):
+        with mx.autograd.record():
+            outputs = net(images(4, 100 + seed))
+            total = sum(o.sum() for o in outputs)
+        total.backward()
 
 
 def images(n, seed, size=SIZE):
@@ -155,3 +161,158 @@ def test_sigmoid_ssd_detections_unchanged(hybridize):
         expected = _old_sigmoid_ssd(det, x)
         assert (expected[0] >= 0).sum(axis=1).min() >= 20
         _assert_same(det(x), expected)
+
+
+# ---------------------------------------------------------------------------
+# ONNX export, run by onnxruntime
+# ---------------------------------------------------------------------------
+onnx = pytest.importorskip('onnx')
+pytest.importorskip('onnxruntime')
+from gluon_focal.deploy import OPSET, compare_detections, export_onnx, onnx_session  # noqa: E402
+
+
+def _run_both(net, path, x):
+    got = onnx_session(path).run(None, {'data': x.asnumpy()})
+    expected = [o.asnumpy() for o in net(x)]
+    return got, expected
+
+
+def _assert_detections_match(got, expected):
+    """Same count and ids per image, scores within 1e-4, boxes within 1e-3 relative."""
+    assert compare_detections(got, expected) is None, compare_detections(got, expected)
+    # ... and in the order of the scores
+    assert np.all(np.diff(got[1][:, :, 0], axis=1)[got[0][:, 1:, 0] >= 0] <= 1e-4)
+
+
+def _exported(tmp_path_factory, name, net, shape, dynamic):
+    path = str(tmp_path_factory.mktemp('onnx') / (name + '.onnx'))
+    net.hybridize(static_alloc=True, static_shape=True)
+    return export_onnx(net, path, shape, dynamic=dynamic, check=True)
+
+
+@pytest.fixture(scope='module')
+def retinanet():
+    return demo_retinanet()
+
+
+@pytest.fixture(scope='module')
+def ssd():
+    return demo_ssd()
+
+
+@pytest.mark.parametrize('model', ['retinanet', 'ssd'])
+def test_detector_export_matches_mxnet(request, tmp_path_factory, model):
+    net = request.getfixturevalue(model)
+    path = _exported(tmp_path_factory, model, net, (1, 3, SIZE, SIZE), dynamic=False)
+    proto = onnx.load(path)
+    assert [o.version for o in proto.opset_import if o.domain in ('', 'ai.onnx')] == [OPSET]
+    # weights are initializers only: the image is the one graph input
+    assert [i.name for i in proto.graph.input] == ['data']
+    assert len(proto.graph.initializer) > 10
+    for seed in range(3):
+        got, expected = _run_both(net, path, images(1, seed))
+        # class-wise NMS, many detections: classes overlap heavily here
+        assert (expected[0] >= 0).sum() >= 40
+        _assert_detections_match(got, expected)
+
+
+@pytest.mark.parametrize('model', ['retinanet', 'ssd'])
+def test_detector_dynamic_export_batch_and_size(request, tmp_path_factory, model):
+    net = request.getfixturevalue(model)
+    path = _exported(tmp_path_factory, model + '_dyn', net, (1, 3, SIZE, SIZE), dynamic=True)
+    dims = onnx.load(path).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in dims] == ['batch', 3, 'height', 'width']
+    for shape_seed, size in ((0, SIZE), (1, 96)):
+        x = images(2, 10 + shape_seed, size=size)
+        got, expected = _run_both(net, path, x)
+        assert expected[0].shape[0] == 2 and (expected[0] >= 0).sum() >= 40
+        _assert_detections_match(got, expected)
+
+
+def test_fastscnn_export_same_masks(tmp_path):
+    import gluoncv
+    mx.random.seed(0)
+    net = gluoncv.model_zoo.FastSCNN(3, aux=False, pretrained_base=False, crop_size=SIZE)
+    net.collect_params().initialize(mx.init.Xavier(magnitude=2), force_reinit=True)
+    calibrate_batchnorm(net, steps=10)
+    net.hybridize(static_alloc=True, static_shape=True)
+    # pyramid pooling to 1, 2, 3 and 6 bins: AdaptiveAvgPooling2D with output > 1
+    path = export_onnx(net, str(tmp_path / 'fastscnn.onnx'), (1, 3, SIZE, SIZE))
+    session = onnx_session(path)
+    for seed in range(3):
+        x = images(1, seed)
+        (got,), (expected,) = session.run(None, {'data': x.asnumpy()}), [net(x)[0].asnumpy()]
+        assert got.shape == expected.shape == (1, 3, SIZE, SIZE)
+        assert expected.std() > 1e-2  # logits that are not all alike
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+        np.testing.assert_array_equal(got.argmax(1), expected.argmax(1))
+
+
+def test_groupnorm_converter_matches(tmp_path):
+    net = gluon.nn.HybridSequential()
+    net.add(gluon.nn.Conv2D(8, 3, padding=1), gluon.nn.GroupNorm(num_groups=4))
+    net.initialize()
+    # MXNet 1.9's GroupNorm has one gamma and beta per group
+    net[1].gamma.set_data(mx.nd.array([0.5, 1, 2, 3]))
+    net[1].beta.set_data(mx.nd.array([0, 1, -1, 2]))
+    net.hybridize()
+    path = export_onnx(net, str(tmp_path / 'gn.onnx'), (2, 3, 8, 8), dynamic=True)
+    x = images(1, 1, size=12)
+    got = onnx_session(path).run(None, {'data': x.asnumpy()})[0]
+    np.testing.assert_allclose(got, net(x).asnumpy(), rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# bad input
+# ---------------------------------------------------------------------------
+def test_export_refuses_a_net_that_is_not_hybridized(tmp_path):
+    net = demo_retinanet()
+    with pytest.raises(ValueError, match='not hybridized.*hybridize'):
+        export_onnx(net, str(tmp_path / 'x.onnx'), (1, 3, SIZE, SIZE))
+
+
+@pytest.mark.parametrize('shape, match', [
+    ((1, 3, 256, 256), 'input_shape \\(1, 3, 256, 256\\) does not fit RetinaNet'),
+    ((1, 1, SIZE, SIZE), 'input_shape \\(1, 1, 64, 64\\) does not fit RetinaNet'),
+    ((3, SIZE, SIZE), 'input_shape must be 4 positive ints'),
+    ((1, 3, 0, SIZE), 'input_shape must be 4 positive ints'),
+])
+def test_export_refuses_an_input_shape_that_does_not_fit(retinanet, tmp_path, shape, match):
+    retinanet.hybridize(static_alloc=True, static_shape=True)
+    with pytest.raises(ValueError, match=match):
+        export_onnx(retinanet, str(tmp_path / 'x.onnx'), shape)
+    assert not (tmp_path / 'x.onnx').exists()
+
+
+def test_export_names_an_op_without_converter(tmp_path):
+    class Erf(gluon.HybridBlock):
+        def hybrid_forward(self, F, x):
+            return F.erf(x)
+    net = Erf()
+    net.hybridize()
+    with pytest.raises(NotImplementedError, match="no converter for operator 'erf'.*register"):
+        export_onnx(net, str(tmp_path / 'x.onnx'), (1, 3, 4, 4))
+
+
+def test_fastscnn_dynamic_export_says_to_use_static_shapes(tmp_path):
+    import gluoncv
+    net = gluoncv.model_zoo.FastSCNN(2, aux=False, pretrained_base=False, crop_size=SIZE)
+    net.hybridize()
+    with pytest.raises(ValueError, match='AdaptiveAvgPooling2D.*dynamic=False'):
+        export_onnx(net, str(tmp_path / 'x.onnx'), (1, 3, SIZE, SIZE), dynamic=True)
+
+
+def test_compare_detections_finds_each_kind_of_difference():
+    ids = np.array([[[0.], [1.], [-1.]]])
+    scores = np.array([[[0.9], [0.8], [-1.]]])
+    boxes = np.array([[[0., 0., 10., 10.], [5., 5., 20., 20.], [-1.] * 4]])
+    same = (ids, scores, boxes)
+    assert compare_detections(same, same) is None
+    swapped = (ids[:, [1, 0, 2]], scores[:, [1, 0, 2]], boxes[:, [1, 0, 2]])
+    assert compare_detections(swapped, same) is None  # near-tied rows may swap
+    assert 'no match' in compare_detections((ids[:, [1, 1, 2]], scores, boxes), same)
+    assert 'no match' in compare_detections((ids, scores + 2e-4, boxes), same)
+    assert 'no match' in compare_detections((ids, scores, boxes * 1.01), same)
+    fewer = ids.copy()
+    fewer[0, 1] = -1
+    assert '1 detections vs 2' in compare_detections((fewer, scores, boxes), same)

@@ -8,6 +8,7 @@ from setuptools.command.build_ext import build_ext
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _KERNEL_LIB = 'gluon_focal.kernel.libgluon_focal_op'
+_ONNX = ['onnx>=1.18,<1.19', 'onnxruntime']  # gluon_focal.deploy
 
 
 def _kernel_builder():
@@ -64,5 +65,9 @@ setup(
         'numpy<1.24',
         'matplotlib',
     ],
-    extras_require={'test': ['pytest', 'hypothesis', 'psutil']},
+    extras_require={
+        # MXNet 1.9.1's ONNX exporter imports onnx.mapping, which onnx 1.19 removed
+        'onnx': _ONNX,
+        'test': ['pytest', 'hypothesis', 'psutil'] + _ONNX,
+    },
 )

@@ -1,4 +1,4 @@
-"""Export a trained RetinaNet to a symbol graph and run the exported graph on an image.
+"""Export a trained RetinaNet to a symbol graph (or ONNX) and run the exported graph on an image.
 
 Reads the model description (``model.json``) and last checkpoint that
 ``examples/train_retinanet.py`` wrote to ``--checkpoint-dir``, hybridizes the
@@ -10,6 +10,12 @@ printing the detections and drawing them to a PNG::
     python examples/train_retinanet.py                     # writes runs/retinanet
     python examples/export_detector.py                     # a synthetic validation image
     python examples/export_detector.py --image photo.jpg --thresh 0.3
+    python examples/export_detector.py --format onnx       # + retinanet.onnx
+
+``--format onnx`` also writes ``<out>/retinanet.onnx`` (``gluon_focal.deploy.
+export_onnx``; needs ``pip install .[onnx]``) and detects with onnxruntime --
+neither MXNet nor gluon_focal is needed to run that file -- checking that its
+detections are MXNet's. ``--dynamic`` lets the file take any batch and size.
 
 The exported graph takes a (1, 3, H, W) float image, normalised like the
 training data (ImageNet mean/std on [0, 1] pixels), and returns
@@ -46,6 +52,10 @@ def parse_args(argv=None):
     parser.add_argument('--image', default='',
                         help='image file; default: a synthetic validation image')
     parser.add_argument('--thresh', type=float, default=0.5, help='score threshold to print/draw')
+    parser.add_argument('--format', choices=('mxnet', 'onnx'), default='mxnet',
+                        help='onnx: also write retinanet.onnx and detect with onnxruntime')
+    parser.add_argument('--dynamic', action='store_true',
+                        help='ONNX file with variable batch, height and width')
     return parser.parse_args(argv)
 
 
@@ -110,6 +120,19 @@ def main(argv=None):
     diff = max(float(np.abs(a[0].asnumpy() - b).max()) for a, b in
                zip(reference, (ids, scores, bboxes)))
     print('exported vs. hybridized model: max abs difference %.3g' % diff)
+
+    # 4. ONNX: the same graph in onnxruntime
+    if args.format == 'onnx':
+        from gluon_focal.deploy import compare_detections, export_onnx, onnx_session
+        onnx_file = export_onnx(net, os.path.join(out_dir, 'retinanet.onnx'),
+                                (1, 3, size, size), dynamic=args.dynamic)
+        print('exported %s (opset 13, checked against MXNet)' % onnx_file)
+        got = onnx_session(onnx_file).run(None, {'data': x.asnumpy()})
+        why = compare_detections(got, [o.asnumpy() for o in reference])
+        print('onnxruntime vs. MXNet on %s: %s' % (image, why or 'same detections'))
+        if why:
+            raise SystemExit('onnxruntime\'s detections differ: %s' % why)
+        ids, scores, bboxes = [o[0] for o in got]
 
     keep = (ids[:, 0] >= 0) & (scores[:, 0] >= args.thresh)
     print('%d detections with score >= %.2f in %s (%dx%d input):' % (

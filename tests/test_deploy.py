@@ -316,3 +316,34 @@ def test_compare_detections_finds_each_kind_of_difference():
     fewer = ids.copy()
     fewer[0, 1] = -1
     assert '1 detections vs 2' in compare_detections((fewer, scores, boxes), same)
+
+
+# ---------------------------------------------------------------------------
+# the examples
+# ---------------------------------------------------------------------------
+def _load_example(name):
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(__file__), '..', 'examples', name + '.py')
+    spec = importlib.util.spec_from_file_location(name + '_example', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_export_detector_example_onnx(tmp_path):
+    import json
+    config = dict(backbone='resnet18_v1b', classes=CLASSES, backbone_width=0.5,
+                  fpn_channels=64, head_channels=64, head_layers=2, head_norm='gn',
+                  anchor_size=2, anchor_alloc_size=128, data_shape=SIZE)
+    (tmp_path / 'model.json').write_text(json.dumps(config))
+    params = str(tmp_path / 'trained.params')
+    net = demo_retinanet()
+    net(images(1, 0))  # deferred shapes
+    net.save_parameters(params)
+    example = _load_example('export_detector')
+    ids, scores, bboxes = example.main(['--checkpoint-dir', str(tmp_path), '--params', params,
+                                        '--format', 'onnx', '--dynamic', '--thresh', '0.3'])
+    assert (tmp_path / 'export' / 'retinanet.onnx').exists()
+    assert (tmp_path / 'export' / 'retinanet-symbol.json').exists()
+    assert ids.shape == (100, 1) and (ids >= 0).sum() > 10   # onnxruntime's detections

@@ -19,7 +19,7 @@ Two things make that both fast in MXNet and exportable to ONNX:
   image, so the output is unchanged.
 """
 
-__all__ = ['threshold_topk', 'classwise_nms']
+__all__ = ['threshold_topk', 'batch_gather', 'classwise_nms']
 
 
 def threshold_topk(F, scores, k, thresh):
@@ -36,7 +36,7 @@ def threshold_topk(F, scores, k, thresh):
     return F.topk(F.concat(masked, pad, dim=1), axis=1, k=k, ret_typ='both', dtype='float32')
 
 
-def _batch_gather(F, data, index):
+def batch_gather(F, data, index):
     """``data`` (B, M, W) rows picked by ``index`` (B, k) float -> (B, k, W)."""
     batch_idx = F.broadcast_like(F.contrib.arange_like(index, axis=0).reshape((-1, 1)), index)
     return F.gather_nd(data, F.stack(batch_idx, index, axis=0))
@@ -69,7 +69,7 @@ def classwise_nms(F, ids, scores, boxes, nms_thresh, valid_thresh, keep):
     scores = F.where(valid, scores, F.ones_like(scores) * -1.)
     # sort by score (box_nms sorts stably; a stable argsort keeps its tie order)
     order = F.argsort(scores.reshape((0, -1)), axis=1, is_ascend=False, dtype='float32')
-    rows = _batch_gather(F, F.concat(ids, scores, boxes, dim=-1), order)  # (B, R, 6)
+    rows = batch_gather(F, F.concat(ids, scores, boxes, dim=-1), order)  # (B, R, 6)
     valid = rows.slice_axis(axis=2, begin=1, end=2).reshape((0, -1)) > valid_thresh
     # cut after the last valid row of any image (keep >= 1 row: box_nms needs one)
     num_valid = F.max(F.sum(valid, axis=1))

@@ -38,7 +38,7 @@ from mxnet.gluon import nn
 
 from ..init import PriorProbability
 from ..loss import FocalLoss
-from .postprocess import classwise_nms, threshold_topk
+from .postprocess import batch_gather, classwise_nms, threshold_topk
 
 __all__ = ['RetinaNet', 'RetinaNetLoss', 'get_retinanet', 'retinanet_resnet18_v1b',
            'retinanet_resnet50_v1b', 'scaled_resnet_v1b', 'stage_output_names']
@@ -240,10 +240,8 @@ class RetinaNet(gluon.HybridBlock):
                                axis=1, size=k)
         box = F.concat(box, pad, dim=1)
         anchors = F.concat(anchors, pad.slice_axis(axis=0, begin=0, end=1), dim=1)
-        batch_idx = F.broadcast_like(F.contrib.arange_like(scores, axis=0).reshape((-1, 1)),
-                                     scores)
-        box = F.gather_nd(box, F.stack(batch_idx, anchor_idx, axis=0))            # (B, k, 4)
-        anchors = F.gather_nd(anchors, F.stack(batch_idx * 0, anchor_idx, axis=0))
+        box = batch_gather(F, box, anchor_idx)                                     # (B, k, 4)
+        anchors = F.gather_nd(anchors, F.stack(F.zeros_like(anchor_idx), anchor_idx, axis=0))
         # box_decode takes one batch of anchors: decode the B*k rows as one image's
         boxes = self.box_decoder(box.reshape((1, -1, 4)), anchors.reshape((1, -1, 4)))
         boxes = self.box_clip(boxes.reshape_like(box), img)

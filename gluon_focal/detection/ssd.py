@@ -65,7 +65,7 @@ from mxnet.gluon import nn
 
 from ..init import prior_bias
 from ..loss import FocalLoss
-from .postprocess import classwise_nms, threshold_topk
+from .postprocess import batch_gather, classwise_nms, threshold_topk
 
 __all__ = ['SSDFocalMultiBoxLoss', 'SigmoidSSD', 'init_focal_bias', 'tiny_ssd',
            'TinySSDBackbone', 'ssd_anchors']
@@ -204,10 +204,9 @@ class SigmoidSSD(gluon.HybridBlock):
         self._clear_cached_op()
         self.ssd.set_nms(nms_thresh=nms_thresh, nms_topk=nms_topk, post_nms=post_nms)
 
-    def hybrid_forward(self, F, x):  # pylint: disable=arguments-differ
-        # A copy of gluoncv.model_zoo.ssd.SSD.hybrid_forward (gluoncv 0.10.5.post0)
-        # with two changes: sigmoid scores, and the pre-NMS top-k and class-wise NMS
-        # written so that they export to ONNX (see gluon_focal.detection.postprocess).
+    def network_outputs(self, F, x):
+        """``(cls_preds (B, N, C + 1), box_preds (B, N, 4), anchors (1, N, 4))``, the
+        network before any post-processing (call with ``F=mx.nd`` to debug)."""
         net = self.ssd
         features = net.features(x)
         cls_preds = [F.flatten(F.transpose(cp(feat), (0, 2, 3, 1)))
@@ -219,6 +218,14 @@ class SigmoidSSD(gluon.HybridBlock):
         cls_preds = F.concat(*cls_preds, dim=1).reshape((0, -1, net.num_classes + 1))
         box_preds = F.concat(*box_preds, dim=1).reshape((0, -1, 4))
         anchors = F.concat(*anchors, dim=1).reshape((1, -1, 4))
+        return cls_preds, box_preds, anchors
+
+    def hybrid_forward(self, F, x):  # pylint: disable=arguments-differ
+        # A copy of gluoncv.model_zoo.ssd.SSD.hybrid_forward (gluoncv 0.10.5.post0)
+        # with two changes: sigmoid scores, and the pre-NMS top-k and class-wise NMS
+        # written so that they export to ONNX (see gluon_focal.detection.postprocess).
+        net = self.ssd
+        cls_preds, box_preds, anchors = self.network_outputs(F, x)
         if autograd.is_training():
             return [cls_preds, box_preds, anchors]
         bboxes = net.bbox_decoder(box_preds, anchors)
@@ -248,13 +255,12 @@ class SigmoidSSD(gluon.HybridBlock):
         if net.nms_topk > 0:
             scores = result.slice_axis(axis=2, begin=1, end=2).reshape((0, -1))
             _, order = threshold_topk(F, scores, net.nms_topk, _SCORE_THRESH)
-            # padding slots point past the rows: give them one row of -1
+            # empty slots point past the rows: append nms_topk rows of -1 for them
             pad = F.ones_like(result.slice_axis(axis=1, begin=0, end=1)) * -1.
             result = F.concat(result, F.broadcast_axis(pad, axis=1, size=net.nms_topk), dim=1)
-            batch_idx = F.broadcast_like(
-                F.contrib.arange_like(order, axis=0).reshape((-1, 1)), order)
-            result = F.gather_nd(result, F.stack(batch_idx, order, axis=0))
-        keep = net.post_nms if net.post_nms > 0 else max(net.nms_topk, 0) or None
+            result = batch_gather(F, result, order)
+        # post_nms <= 0: GluonCV returns all C*N rows; here nms_topk rows (or the valid ones)
+        keep = net.post_nms if net.post_nms > 0 else (net.nms_topk if net.nms_topk > 0 else None)
         return classwise_nms(F, result.slice_axis(axis=2, begin=0, end=1),
                              result.slice_axis(axis=2, begin=1, end=2),
                              result.slice_axis(axis=2, begin=2, end=6),

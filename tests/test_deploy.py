@@ -347,3 +347,19 @@ def test_export_detector_example_onnx(tmp_path):
     assert (tmp_path / 'export' / 'retinanet.onnx').exists()
     assert (tmp_path / 'export' / 'retinanet-symbol.json').exists()
     assert ids.shape == (100, 1) and (ids >= 0).sum() > 10   # onnxruntime's detections
+
+
+def test_export_segmenter_example(tmp_path):
+    example = _load_example('export_segmenter')
+    train = example.training_script()
+    train_args = ['--out-dir', str(tmp_path), '--crop-size', str(SIZE), '--val-size', '2',
+                  '--train-size', '2']
+    args = train.parse_args(train_args)
+    mx.random.seed(0)
+    net = train.get_model(args, [mx.cpu()])
+    calibrate_batchnorm(net, steps=5)
+    params = str(tmp_path / 'trained.params')
+    net.save_parameters(params)
+    path, agree = example.main(['--params', params, '--num-images', '2'] + train_args)
+    assert path == str(tmp_path / 'export' / 'segmenter.onnx')
+    assert agree == [1.0, 1.0]

@@ -150,10 +150,10 @@ def test_retinanet_detections_unchanged_without_any_detection():
     _assert_same((ids, scores, bboxes), _old_retinanet(net, x))
 
 
-@pytest.mark.parametrize('hybridize', [False, True])
-def test_sigmoid_ssd_detections_unchanged(hybridize):
+@pytest.mark.parametrize('hybridize, nms_topk', [(False, 150), (True, 150), (True, -1)])
+def test_sigmoid_ssd_detections_unchanged(hybridize, nms_topk):
     det = demo_ssd()
-    det.set_nms(nms_thresh=0.45, nms_topk=150, post_nms=50)
+    det.set_nms(nms_thresh=0.45, nms_topk=nms_topk, post_nms=50)
     if hybridize:
         det.hybridize(static_alloc=True, static_shape=True)
     for seed in range(3):

@@ -16,7 +16,9 @@ Two things make that both fast in MXNet and exportable to ONNX:
   when most rows are below the threshold; sorting the rows by score and
   cutting them (``boolean_mask``) after the last valid row of any image makes
   its cost O(valid^2). Rows dropped that way are below the threshold in every
-  image, so the output is unchanged.
+  image, so the output is unchanged. The cut gives the graph a data-dependent
+  shape, which MXNet runs op by op (slower): :class:`RetinaNet` keeps it in a
+  graph of its own, :class:`SigmoidSSD` (400 rows) does without it.
 """
 
 __all__ = ['threshold_topk', 'batch_gather', 'classwise_nms']
@@ -42,7 +44,7 @@ def batch_gather(F, data, index):
     return F.gather_nd(data, F.stack(batch_idx, index, axis=0))
 
 
-def classwise_nms(F, ids, scores, boxes, nms_thresh, valid_thresh, keep):
+def classwise_nms(F, ids, scores, boxes, nms_thresh, valid_thresh, keep, cut=True):
     """Class-wise greedy NMS of (B, R) candidates, exportable to ONNX.
 
     Parameters
@@ -56,8 +58,12 @@ def classwise_nms(F, ids, scores, boxes, nms_thresh, valid_thresh, keep):
     valid_thresh : float
         Only candidates scoring above this (and with id >= 0) are detections.
     keep : int or None
-        Rows returned per image, best first, missing rows -1; None: the rows
-        after the cut described in the module docstring (their number varies).
+        Rows returned per image, best first, missing rows -1; None: all rows
+        (with ``cut``, their number varies).
+    cut : bool
+        Cut the rows after the last valid one before NMS (see the module
+        docstring): worth it for thousands of rows, and it makes the graph's
+        shapes data-dependent, which MXNet runs op by op.
 
     Returns
     -------
@@ -70,13 +76,13 @@ def classwise_nms(F, ids, scores, boxes, nms_thresh, valid_thresh, keep):
     # sort by score (box_nms sorts stably; a stable argsort keeps its tie order)
     order = F.argsort(scores.reshape((0, -1)), axis=1, is_ascend=False, dtype='float32')
     rows = batch_gather(F, F.concat(ids, scores, boxes, dim=-1), order)  # (B, R, 6)
-    valid = rows.slice_axis(axis=2, begin=1, end=2).reshape((0, -1)) > valid_thresh
-    # cut after the last valid row of any image (keep >= 1 row: box_nms needs one)
-    num_valid = F.max(F.sum(valid, axis=1))
-    position = F.contrib.arange_like(valid, axis=1)
-    cut = F.broadcast_lesser(position, F.maximum(num_valid, 1.))
-    # (boolean_mask's axis=1 is broken for 3-d data in MXNet 1.9.1: mask axis 0)
-    rows = F.contrib.boolean_mask(rows.transpose((1, 0, 2)), cut).transpose((1, 0, 2))
+    if cut:  # after the last valid row of any image (keep >= 1 row: box_nms needs one)
+        valid = rows.slice_axis(axis=2, begin=1, end=2).reshape((0, -1)) > valid_thresh
+        num_valid = F.max(F.sum(valid, axis=1))
+        position = F.contrib.arange_like(valid, axis=1)
+        in_cut = F.broadcast_lesser(position, F.maximum(num_valid, 1.))
+        # (boolean_mask's axis=1 is broken for 3-d data in MXNet 1.9.1: mask axis 0)
+        rows = F.contrib.boolean_mask(rows.transpose((1, 0, 2)), in_cut).transpose((1, 0, 2))
     ids = rows.slice_axis(axis=2, begin=0, end=1)
     boxes = rows.slice_axis(axis=2, begin=2, end=6)
     # boxes of class c move by c * span: span exceeds every valid box's extent

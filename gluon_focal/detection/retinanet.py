@@ -145,6 +145,7 @@ class RetinaNet(gluon.HybridBlock):
         self.nms_thresh = nms_thresh
         self.post_nms = post_nms
         self._cached_training = None
+        self._stages = None
         with self.name_scope():
             self.features = features
             self.p6 = _conv(fpn_channels, fpn_channels, stride=2, weight_init=mx.init.Xavier(
@@ -177,16 +178,31 @@ class RetinaNet(gluon.HybridBlock):
         if self._active and self._cached_training is not None and self._cached_training != training:
             self._clear_cached_op()
         self._cached_training = training
+        if self._active and not training and not args:
+            return self._staged_inference(x)
         return super(RetinaNet, self).forward(x, *args)
 
     def hybridize(self, active=True, **kwargs):
         self._cached_training = None
         super(RetinaNet, self).hybridize(active, **kwargs)
 
-    def infer_shape(self, *args):
-        """Deferred parameter shapes, from the network alone: the inference graph cuts
-        the NMS input to its valid rows, a shape MXNet's shape inference cannot follow."""
-        self.level_outputs(mx.nd, *args)
+    def _clear_cached_op(self):
+        super(RetinaNet, self)._clear_cached_op()
+        self._stages = None
+
+    def _staged_inference(self, x):
+        """Hybridized inference as two cached graphs: network and candidates, then
+        NMS. MXNet runs a graph with a data-dependent shape (the NMS input cut to its
+        valid rows) op by op, which would slow the whole network down; split, only
+        the NMS graph runs that way. The whole graph is built too, for export()."""
+        if self._stages is None:
+            self._stages = (_Stage(self._candidates), _Stage(self._detections))
+            for stage in self._stages:
+                stage.hybridize(True, **dict(self._flags))
+        out = self._stages[1](*self._stages[0](x))
+        if self._cached_op is None:
+            self._build_cache(x)
+        return out
 
     def set_nms(self, nms_thresh=0.5, pre_nms_topk=1000, post_nms=100, score_thresh=0.05):
         """Change the inference post-processing (clears the hybridized graph)."""
@@ -219,9 +235,15 @@ class RetinaNet(gluon.HybridBlock):
         if autograd.is_training():
             return (F.concat(*cls_preds, dim=1), F.concat(*box_preds, dim=1),
                     F.concat(*anchors, dim=1))
-        dets = [self._level_candidates(F, c, b, a, x)
-                for c, b, a in zip(cls_preds, box_preds, anchors)]
-        ids, scores, bboxes = [F.concat(*parts, dim=1) for parts in zip(*dets)]
+        return self._detections(F, *self._candidates(F, x, (cls_preds, box_preds, anchors)))
+
+    def _candidates(self, F, x, outputs=None):
+        """Every level's candidates, concatenated: ids, scores (B, levels * k, 1), boxes."""
+        outputs = outputs or self.level_outputs(F, x)
+        dets = [self._level_candidates(F, c, b, a, x) for c, b, a in zip(*outputs)]
+        return [F.concat(*parts, dim=1) for parts in zip(*dets)]
+
+    def _detections(self, F, ids, scores, bboxes):
         rows = len(self.strides) * self.pre_nms_topk
         keep = min(self.post_nms, rows) if self.post_nms > 0 else rows
         return classwise_nms(F, ids, scores, bboxes, self.nms_thresh, self.score_thresh, keep)
@@ -261,6 +283,22 @@ class RetinaNet(gluon.HybridBlock):
                 raise ValueError('input %dx%d exceeds anchor_alloc_size' % (height, width))
             out.append(grid[0, 0, :fh, :fw, :].reshape(-1, 4))
         return np.concatenate(out, axis=0)
+
+
+class _Stage(gluon.HybridBlock):
+    """One part of a block's hybridized graph: ``method(F, *inputs)``, a method of
+    that block, whose parameters it uses. The block is not a child: hybridizing the
+    stage must not hybridize (and so clear) the block."""
+
+    def __init__(self, method, **kwargs):
+        super(_Stage, self).__init__(**kwargs)
+        self._method = method
+
+    def collect_params(self, select=None):
+        return self._method.__self__.collect_params(select)
+
+    def hybrid_forward(self, F, *inputs):  # pylint: disable=arguments-differ
+        return self._method(F, *inputs)
 
 
 class RetinaNetLoss(gluon.Block):

@@ -261,10 +261,11 @@ class SigmoidSSD(gluon.HybridBlock):
             result = batch_gather(F, result, order)
         # post_nms <= 0: GluonCV returns all C*N rows; here nms_topk rows (or the valid ones)
         keep = net.post_nms if net.post_nms > 0 else (net.nms_topk if net.nms_topk > 0 else None)
+        # a few hundred rows: box_nms's O(rows^2) is cheaper than a data-dependent shape
         return classwise_nms(F, result.slice_axis(axis=2, begin=0, end=1),
                              result.slice_axis(axis=2, begin=1, end=2),
                              result.slice_axis(axis=2, begin=2, end=6),
-                             net.nms_thresh, _SCORE_THRESH, keep)
+                             net.nms_thresh, _SCORE_THRESH, keep, cut=net.nms_topk <= 0)
 
 
 def init_focal_bias(net, prior=0.01):

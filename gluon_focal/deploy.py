@@ -31,7 +31,8 @@ import numpy as np
 import mxnet as mx
 from mxnet import autograd, gluon
 
-__all__ = ['export_onnx', 'check_onnx', 'compare_detections', 'onnx_session', 'supported_ops', 'OPSET']
+__all__ = ['export_onnx', 'check_onnx', 'compare_detections', 'onnx_session', 'supported_ops',
+           'OPSET']
 
 #: The ONNX opset of MXNet 1.9.1's converters (its newest converter table).
 OPSET = 13

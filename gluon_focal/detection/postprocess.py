@@ -20,8 +20,9 @@ Two things make that both fast in MXNet and exportable to ONNX:
   shape, which MXNet runs op by op (slower): :class:`RetinaNet` keeps it in a
   graph of its own, :class:`SigmoidSSD` (400 rows) does without it.
 """
+from mxnet import gluon
 
-__all__ = ['threshold_topk', 'batch_gather', 'classwise_nms']
+__all__ = ['threshold_topk', 'batch_gather', 'classwise_nms', 'GraphStage']
 
 
 def threshold_topk(F, scores, k, thresh):
@@ -99,3 +100,19 @@ def classwise_nms(F, ids, scores, boxes, nms_thresh, valid_thresh, keep, cut=Tru
         dets = dets.slice_axis(axis=1, begin=0, end=keep)
     return (dets.slice_axis(axis=2, begin=0, end=1), dets.slice_axis(axis=2, begin=1, end=2),
             dets.slice_axis(axis=2, begin=6, end=10))
+
+
+class GraphStage(gluon.HybridBlock):
+    """One part of a block's hybridized graph: ``method(F, *inputs)``, a method of
+    that block, whose parameters it uses. The block is not a child: hybridizing the
+    stage must not hybridize (and so clear) the block."""
+
+    def __init__(self, method, **kwargs):
+        super(GraphStage, self).__init__(**kwargs)
+        self._method = method
+
+    def collect_params(self, select=None):
+        return self._method.__self__.collect_params(select)
+
+    def hybrid_forward(self, F, *inputs):  # pylint: disable=arguments-differ
+        return self._method(F, *inputs)

@@ -38,7 +38,7 @@ from mxnet.gluon import nn
 
 from ..init import PriorProbability
 from ..loss import FocalLoss
-from .postprocess import batch_gather, classwise_nms, threshold_topk
+from .postprocess import GraphStage, batch_gather, classwise_nms, threshold_topk
 
 __all__ = ['RetinaNet', 'RetinaNetLoss', 'get_retinanet', 'retinanet_resnet18_v1b',
            'retinanet_resnet50_v1b', 'scaled_resnet_v1b', 'stage_output_names']
@@ -196,7 +196,7 @@ class RetinaNet(gluon.HybridBlock):
         valid rows) op by op, which would slow the whole network down; split, only
         the NMS graph runs that way. The whole graph is built too, for export()."""
         if self._stages is None:
-            self._stages = (_Stage(self._candidates), _Stage(self._detections))
+            self._stages = (GraphStage(self._candidates), GraphStage(self._detections))
             for stage in self._stages:
                 stage.hybridize(True, **dict(self._flags))
         out = self._stages[1](*self._stages[0](x))
@@ -244,6 +244,7 @@ class RetinaNet(gluon.HybridBlock):
         return [F.concat(*parts, dim=1) for parts in zip(*dets)]
 
     def _detections(self, F, ids, scores, bboxes):
+        """Class-wise NMS of the candidates: the inference outputs."""
         rows = len(self.strides) * self.pre_nms_topk
         keep = min(self.post_nms, rows) if self.post_nms > 0 else rows
         return classwise_nms(F, ids, scores, bboxes, self.nms_thresh, self.score_thresh, keep)
@@ -283,22 +284,6 @@ class RetinaNet(gluon.HybridBlock):
                 raise ValueError('input %dx%d exceeds anchor_alloc_size' % (height, width))
             out.append(grid[0, 0, :fh, :fw, :].reshape(-1, 4))
         return np.concatenate(out, axis=0)
-
-
-class _Stage(gluon.HybridBlock):
-    """One part of a block's hybridized graph: ``method(F, *inputs)``, a method of
-    that block, whose parameters it uses. The block is not a child: hybridizing the
-    stage must not hybridize (and so clear) the block."""
-
-    def __init__(self, method, **kwargs):
-        super(_Stage, self).__init__(**kwargs)
-        self._method = method
-
-    def collect_params(self, select=None):
-        return self._method.__self__.collect_params(select)
-
-    def hybrid_forward(self, F, *inputs):  # pylint: disable=arguments-differ
-        return self._method(F, *inputs)
 
 
 class RetinaNetLoss(gluon.Block):

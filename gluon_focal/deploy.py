@@ -23,6 +23,7 @@ class-agnostic NMS over class-offset boxes
 MXNet 1.9.1's exporter imports ``onnx.mapping``, which onnx 1.19 removed: use
 onnx <= 1.18 (``pip install gluon-focal[onnx]``).
 """
+import json
 import os
 import re
 import tempfile
@@ -183,7 +184,6 @@ def _trace(net, input_shape):
 
 
 def _graph_ops(sym):
-    import json
     return [(n['op'], n['name']) for n in json.loads(sym.tojson())['nodes'] if n['op'] != 'null']
 
 
@@ -201,7 +201,7 @@ def _static_shapes(sym, input_shape):
     return found
 
 
-def _traced_outputs(traced, input_shape, dynamic):
+def _traced_outputs(traced):
     """A stand-in for ``MXNetGraph.get_outputs``: (input shapes, {output name:
     shape and ONNX type}) from the outputs of the traced network."""
     from onnx import helper
@@ -215,7 +215,6 @@ def _traced_outputs(traced, input_shape, dynamic):
             outputs[name] = {'shape': shape, 'dtype': helper.np_dtype_to_tensor_dtype(
                 np.dtype(out.dtype))}
         return (dynamic_input_shapes if dynamic else in_shapes), outputs
-    del input_shape, dynamic
     return get_outputs
 
 
@@ -266,9 +265,9 @@ def export_onnx(net, path, input_shape, dynamic=False, check=True):
         net.export(prefix, epoch=0)
         sym, arg_params, aux_params = mx.model.load_checkpoint(prefix, 0)
     params = dict(arg_params, **aux_params)
-    if sym.list_inputs() and [n for n in sym.list_inputs() if n not in params] != ['data']:
-        raise ValueError('export_onnx supports networks with one input, got inputs %s'
-                         % [n for n in sym.list_inputs() if n not in params])
+    inputs = [n for n in sym.list_inputs() if n not in params]
+    if inputs != ['data']:
+        raise ValueError('export_onnx supports networks with one input, got inputs %s' % inputs)
     supported = supported_ops()
     missing = sorted({(op, name) for op, name in _graph_ops(sym) if op not in supported})
     if missing:
@@ -287,7 +286,7 @@ def export_onnx(net, path, input_shape, dynamic=False, check=True):
     # MXNet's exporter takes the output shapes from sym.infer_shape, which cannot
     # see through the detectors' boolean_mask: give it the traced outputs' shapes
     get_outputs = MXNetGraph.get_outputs
-    MXNetGraph.get_outputs = staticmethod(_traced_outputs(traced, input_shape, dynamic))
+    MXNetGraph.get_outputs = staticmethod(_traced_outputs(traced))
     # ... and validates the graph against the newest opset onnx knows, where opset-13
     # nodes such as ReduceMean(axes=...) are invalid: the model is checked at OPSET below
     check_graph = onnx.checker.check_graph
@@ -310,9 +309,9 @@ def export_onnx(net, path, input_shape, dynamic=False, check=True):
     del graph.initializer[:]
     graph.initializer.extend(kept)
     weights = {init.name for init in graph.initializer}
-    inputs = [i for i in graph.input if i.name not in weights]
+    graph_inputs = [i for i in graph.input if i.name not in weights]
     del graph.input[:]
-    graph.input.extend(inputs)
+    graph.input.extend(graph_inputs)
     # outputs in the network's order
     order = [re.sub(r'_output(\d*)$', r'\1', n) for n in sym.list_outputs()]
     outputs = sorted(graph.output, key=lambda o: order.index(o.name)

@@ -20,6 +20,8 @@ Two things make that both fast in MXNet and exportable to ONNX:
   shape, which MXNet runs op by op (slower): :class:`RetinaNet` keeps it in a
   graph of its own, :class:`SigmoidSSD` (400 rows) does without it.
 """
+import re
+
 from mxnet import gluon
 
 __all__ = ['threshold_topk', 'batch_gather', 'classwise_nms', 'GraphStage']
@@ -112,6 +114,9 @@ class GraphStage(gluon.HybridBlock):
         self._method = method
 
     def collect_params(self, select=None):
+        if select is None and self._cached_graph:  # the ones this stage's graph reads
+            used = self._cached_graph[1].list_inputs()
+            select = '^(%s)$' % '|'.join(re.escape(name) for name in used)
         return self._method.__self__.collect_params(select)
 
     def hybrid_forward(self, F, *inputs):  # pylint: disable=arguments-differ

@@ -30,6 +30,7 @@ detectors, rows with id -1 are padding.
 """
 import math
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import mxnet as mx
@@ -195,11 +196,12 @@ class RetinaNet(gluon.HybridBlock):
         NMS. MXNet runs a graph with a data-dependent shape (the NMS input cut to its
         valid rows) op by op, which would slow the whole network down; split, only
         the NMS graph runs that way. The whole graph is built too, for export()."""
-        if self._stages is None:
-            self._stages = (GraphStage(self._candidates), GraphStage(self._detections))
-            for stage in self._stages:
+        if self._stages is None:  # (not a tuple: Gluon warns about tuples of blocks)
+            self._stages = SimpleNamespace(candidates=GraphStage(self._candidates),
+                                           detections=GraphStage(self._detections))
+            for stage in vars(self._stages).values():
                 stage.hybridize(True, **dict(self._flags))
-        out = self._stages[1](*self._stages[0](x))
+        out = self._stages.detections(*self._stages.candidates(x))
         if self._cached_op is None:
             self._build_cache(x)
         return out

@@ -13,8 +13,9 @@ its own process: MXNet reads OMP_NUM_THREADS at import):
   onnxruntime  the file gluon_focal.deploy.export_onnx writes, run by onnxruntime
                with intra_op_num_threads = threads
 
-Milliseconds per image, median of ``--repeats`` runs after 5 warm-up runs, the
-same input for every column.
+Milliseconds per image, median of ``--repeats`` runs after 5 warm-up runs (the
+JSON also has the minimum), the same input for every column; the three are timed
+in turn within each repeat, so that they see the same machine load.
 
 Models
   retinanet  examples/train_retinanet.py's default model (ResNet-18 x0.5, FPN 64,
@@ -130,48 +131,58 @@ def build(name, retinanet_dir=''):
     raise ValueError('unknown model %r' % name)
 
 
-def median_ms(fn, repeats):
-    for _ in range(5):
-        fn()
-    times = []
+def interleaved_ms(fns, repeats):
+    """{name: (median, min) ms} of the callables ``fns``, timed in turn within each
+    repeat so that they share the machine's state (a shared machine's load varies)."""
+    for fn in fns.values():
+        for _ in range(5):
+            fn()
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)) * 1e3
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: (float(np.median(t)) * 1e3, float(np.min(t)) * 1e3)
+            for name, t in times.items()}
+
+
+def _runner(block, x):
+    def run():
+        outs = block(x)
+        for o in outs if isinstance(outs, (list, tuple)) else [outs]:
+            o.wait_to_read()
+    return run
 
 
 def worker(args):
     import tempfile
+    import warnings
     import mxnet as mx
     from mxnet import autograd
     from gluon_focal.deploy import export_onnx, onnx_session
+    warnings.simplefilter('ignore')  # the forward-only blocks leave the anchors unused
     threads = args.worker
-    rows = []
     for name in args.models.split(','):
         net, alone, size = build(name, args.retinanet_dir)
         batches = [1] if name == 'fastscnn' else [int(b) for b in args.batch.split(',')]
         for batch in batches:
             x = mx.nd.array(np.random.RandomState(1).uniform(-2, 2, (batch, 3, size, size)))
             row = {'model': name, 'size': size, 'batch': batch, 'threads': threads}
-            with autograd.predict_mode():
-                for key, block in (('forward', alone), ('end_to_end', net)):
+            with autograd.predict_mode(), tempfile.TemporaryDirectory() as tmp:
+                for block in (alone, net):
                     block.hybridize(static_alloc=True, static_shape=True)
-
-                    def run(block=block):
-                        outs = block(x)
-                        for o in outs if isinstance(outs, (list, tuple)) else [outs]:
-                            o.wait_to_read()
-                    row[key] = median_ms(run, args.repeats) / batch
                 if name != 'fastscnn':
                     row['valid_per_image'] = float((net(x)[0] >= 0).sum().asscalar()) / batch
-            with tempfile.TemporaryDirectory() as tmp:
                 path = export_onnx(net, os.path.join(tmp, name + '.onnx'), x.shape, check=True)
                 session = onnx_session(path, threads=threads)
                 feed = {'data': x.asnumpy()}
-                row['onnxruntime'] = median_ms(lambda: session.run(None, feed),
-                                               args.repeats) / batch
-            rows.append(row)
+                timed = interleaved_ms({'forward': _runner(alone, x),
+                                        'end_to_end': _runner(net, x),
+                                        'onnxruntime': lambda: session.run(None, feed)},
+                                       args.repeats)
+            for key, (median, best) in timed.items():
+                row[key], row[key + '_min'] = median / batch, best / batch
             print(json.dumps(row), flush=True)
 
 

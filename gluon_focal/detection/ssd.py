@@ -221,17 +221,20 @@ class SigmoidSSD(gluon.HybridBlock):
         return cls_preds, box_preds, anchors
 
     def hybrid_forward(self, F, x):  # pylint: disable=arguments-differ
-        # A copy of gluoncv.model_zoo.ssd.SSD.hybrid_forward (gluoncv 0.10.5.post0)
-        # with two changes: sigmoid scores, and the pre-NMS top-k and class-wise NMS
-        # written so that they export to ONNX (see gluon_focal.detection.postprocess).
+        # gluoncv.model_zoo.ssd.SSD.hybrid_forward (gluoncv 0.10.5.post0) with sigmoid
+        # scores, and with the pre-NMS top-k and class-wise NMS written so that they
+        # export to ONNX (gluon_focal.detection.postprocess); same detections.
         net = self.ssd
         cls_preds, box_preds, anchors = self.network_outputs(F, x)
         if autograd.is_training():
             return [cls_preds, box_preds, anchors]
         bboxes = net.bbox_decoder(box_preds, anchors)
-        # column 0 is unused by a focal-trained head: give it probability 0 and
-        # score each foreground column with its own sigmoid.
-        fg_prob = F.sigmoid(cls_preds.slice_axis(axis=-1, begin=1, end=None))
+        # column 0 is unused by a focal-trained head: score each foreground column
+        # with its own sigmoid
+        fg_prob = F.sigmoid(cls_preds.slice_axis(axis=-1, begin=1, end=None))  # (B, N, C)
+        if 0 < net.nms_thresh < 1 and net.nms_topk > 0:
+            return self._topk_nms(F, fg_prob, bboxes, anchors)
+        # GluonCV's rows: for each class, (id or -1, score or 0, box) of every anchor
         probs = F.concat(F.zeros_like(cls_preds.slice_axis(axis=-1, begin=0, end=1)),
                          fg_prob, dim=-1)
         cls_ids, scores = net.cls_decoder(probs)
@@ -241,31 +244,28 @@ class SigmoidSSD(gluon.HybridBlock):
             score = scores.slice_axis(axis=-1, begin=i, end=i + 1)
             results.append(F.concat(*[cls_id, score, bboxes], dim=-1))
         result = F.concat(*results, dim=1)
-        if 0 < net.nms_thresh < 1:
-            return self._nms(F, result)
         ids = F.slice_axis(result, axis=2, begin=0, end=1)
         scores = F.slice_axis(result, axis=2, begin=1, end=2)
         bboxes = F.slice_axis(result, axis=2, begin=2, end=6)
+        if 0 < net.nms_thresh < 1:  # every row into NMS (nms_topk <= 0)
+            keep = net.post_nms if net.post_nms > 0 else None
+            return classwise_nms(F, ids, scores, bboxes, net.nms_thresh, _SCORE_THRESH, keep)
         return ids, scores, bboxes
 
-    def _nms(self, F, result):
-        """GluonCV's ``box_nms(result, topk=nms_topk, valid_thresh=0.01, id_index=0,
-        force_suppress=False)`` and ``post_nms`` slice, with the top-k done explicitly."""
+    def _topk_nms(self, F, fg_prob, bboxes, anchors):
+        """GluonCV's ``box_nms(rows, topk=nms_topk, valid_thresh=0.01, id_index=0,
+        force_suppress=False)`` and ``post_nms`` slice, with the top-k taken first
+        over the class-major (class, anchor) scores, so that only those rows are built;
+        a few hundred rows: no cut (see classwise_nms)."""
         net = self.ssd
-        if net.nms_topk > 0:
-            scores = result.slice_axis(axis=2, begin=1, end=2).reshape((0, -1))
-            _, order = threshold_topk(F, scores, net.nms_topk, _SCORE_THRESH)
-            # empty slots point past the rows: append nms_topk rows of -1 for them
-            pad = F.ones_like(result.slice_axis(axis=1, begin=0, end=1)) * -1.
-            result = F.concat(result, F.broadcast_axis(pad, axis=1, size=net.nms_topk), dim=1)
-            result = batch_gather(F, result, order)
-        # post_nms <= 0: GluonCV returns all C*N rows; here nms_topk rows (or the valid ones)
-        keep = net.post_nms if net.post_nms > 0 else (net.nms_topk if net.nms_topk > 0 else None)
-        # a few hundred rows: box_nms's O(rows^2) is cheaper than a data-dependent shape
-        return classwise_nms(F, result.slice_axis(axis=2, begin=0, end=1),
-                             result.slice_axis(axis=2, begin=1, end=2),
-                             result.slice_axis(axis=2, begin=2, end=6),
-                             net.nms_thresh, _SCORE_THRESH, keep, cut=net.nms_topk <= 0)
+        scores = fg_prob.transpose((0, 2, 1)).reshape((0, -1))   # (B, C*N), class-major
+        scores, idx = threshold_topk(F, scores, net.nms_topk, _SCORE_THRESH)
+        num_anchors = F.sum(F.ones_like(anchors.slice_axis(axis=2, begin=0, end=1)))
+        cls_id = F.floor(F.broadcast_div(idx, num_anchors))
+        boxes = batch_gather(F, bboxes, idx - F.broadcast_mul(cls_id, num_anchors))
+        keep = net.post_nms if net.post_nms > 0 else net.nms_topk
+        return classwise_nms(F, cls_id.expand_dims(-1), scores.expand_dims(-1), boxes,
+                             net.nms_thresh, _SCORE_THRESH, keep, cut=False)
 
 
 def init_focal_bias(net, prior=0.01):

@@ -52,7 +52,8 @@ does: it wraps a (trained) GluonCV ``SSD``, shares its parameters, and returns
 the usual ``(ids, scores, bboxes)`` with the same box decoding, per-class
 score threshold (0.01) and NMS as GluonCV.  In training mode it returns
 ``[cls_preds, box_preds, anchors]`` like ``SSD``.  It hybridizes and exports
-(``SigmoidSSD(net).export(...)``) like any HybridBlock::
+(``SigmoidSSD(net).export(...)``, and to ONNX with
+:func:`gluon_focal.deploy.export_onnx`) like any HybridBlock::
 
     detector = SigmoidSSD(net)          # net: a focal-trained gluoncv SSD
     ids, scores, bboxes = detector(x)   # scores are per-class sigmoid probabilities
@@ -176,9 +177,13 @@ class SigmoidSSD(gluon.HybridBlock):
     copied).  Inference output is GluonCV's ``(ids, scores, bboxes)``, each
     ``(B, post_nms, 1|1|4)``, with ``scores = sigmoid(cls_preds[..., 1:])``
     instead of ``softmax(cls_preds)[..., 1:]``; box decoding, the 0.01 score
-    threshold and per-class NMS are GluonCV's (``set_nms`` is forwarded).
-    In ``autograd`` training mode it returns ``[cls_preds, box_preds, anchors]``
-    exactly like ``SSD``.
+    threshold and per-class NMS are GluonCV's (``set_nms`` is forwarded), the
+    pre-NMS top-k (``nms_topk``) taken explicitly and the class-wise NMS written
+    so that they export to ONNX (:func:`gluon_focal.deploy.export_onnx`) with the
+    same detections. One difference: with ``post_nms <= 0`` GluonCV returns all
+    C*N rows, this returns ``nms_topk`` rows (or, with ``nms_topk <= 0``, as many
+    as there are rows above the threshold). In ``autograd`` training mode it
+    returns ``[cls_preds, box_preds, anchors]`` exactly like ``SSD``.
     """
 
     def __init__(self, ssd, **kwargs):

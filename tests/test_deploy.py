@@ -8,8 +8,12 @@ import pytest
 
 mx = pytest.importorskip('mxnet')
 pytest.importorskip('gluoncv')
+# onnx and onnxruntime are in the test extra: a missing one fails, it is not skipped
+import onnx  # noqa: E402
+import onnxruntime  # noqa: E402,F401
 from mxnet import gluon  # noqa: E402
 
+from gluon_focal.deploy import OPSET, compare_detections, export_onnx, onnx_session  # noqa: E402
 from gluon_focal.detection import SigmoidSSD, get_retinanet, init_focal_bias, tiny_ssd  # noqa: E402
 
 SIZE = 64
@@ -166,9 +170,6 @@ def test_sigmoid_ssd_detections_unchanged(hybridize, nms_topk):
 # ---------------------------------------------------------------------------
 # ONNX export, run by onnxruntime
 # ---------------------------------------------------------------------------
-onnx = pytest.importorskip('onnx')
-pytest.importorskip('onnxruntime')
-from gluon_focal.deploy import OPSET, compare_detections, export_onnx, onnx_session  # noqa: E402
 
 
 def _run_both(net, path, x):

@@ -131,9 +131,10 @@ def _assert_same(got, expected):
         np.testing.assert_array_equal(g.asnumpy() if hasattr(g, 'asnumpy') else g, e)
 
 
-@pytest.mark.parametrize('hybridize', [False, True])
-def test_retinanet_detections_unchanged(hybridize):
-    net = demo_retinanet(pre_nms_topk=200, post_nms=60)
+@pytest.mark.parametrize('hybridize, pre_nms_topk, post_nms',
+                         [(False, 200, 60), (True, 200, 60), (True, 1000, 100)])
+def test_retinanet_detections_unchanged(hybridize, pre_nms_topk, post_nms):
+    net = demo_retinanet(pre_nms_topk=pre_nms_topk, post_nms=post_nms)
     if hybridize:
         net.hybridize(static_alloc=True, static_shape=True)
     for seed in range(3):

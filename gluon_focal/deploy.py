@@ -40,10 +40,9 @@ OPSET = 13
 # ONNX IR version that goes with opset 13
 _IR_VERSION = 7
 
-# node name -> output shapes of the graph being exported, for converters that
-# need static shapes (set by export_onnx around the conversion)
-_STATIC_SHAPES = {}
-_DYNAMIC = [False]
+# what converters need to know about the export under way (set by export_onnx
+# around the conversion): node name -> output shapes, and whether it is dynamic
+_EXPORT = {'shapes': {}, 'dynamic': False}
 
 
 def _require_onnx():
@@ -108,9 +107,10 @@ def _register_converters():
         out_h, out_w = (size[0], size[-1]) if size else (1, 1)
         if out_h == out_w == 1:
             return [make_node('GlobalAveragePool', [inputs[0]], [name], name=name)]
-        source = kwargs['mx_graph'][node['inputs'][0][0]]['name']
-        shape = _STATIC_SHAPES.get(source, [None])[node['inputs'][0][1]]
-        if _DYNAMIC[0] or shape is None:
+        source, index = node['inputs'][0][:2]
+        shapes = _EXPORT['shapes'].get(kwargs['mx_graph'][source]['name'], [])
+        shape = shapes[index] if index < len(shapes) else None
+        if _EXPORT['dynamic'] or shape is None:
             raise ValueError('AdaptiveAvgPooling2D %r with output_size (%d, %d) exports only '
                              'for a static input shape: call export_onnx with dynamic=False'
                              % (node['name'], out_h, out_w))
@@ -280,9 +280,7 @@ def export_onnx(net, path, input_shape, dynamic=False, check=True):
             % (mx.__version__, OPSET, ', '.join(repr(op) for op in sorted({m[0] for m in missing})),
                ', '.join(repr(n) for _, n in missing[:5]), missing[0][0], OPSET))
 
-    _STATIC_SHAPES.clear()
-    _STATIC_SHAPES.update(_static_shapes(sym, input_shape))
-    _DYNAMIC[0] = bool(dynamic)
+    _EXPORT.update(shapes=_static_shapes(sym, input_shape), dynamic=bool(dynamic))
     # MXNet's exporter takes the output shapes from sym.infer_shape, which cannot
     # see through the detectors' boolean_mask: give it the traced outputs' shapes
     get_outputs = MXNetGraph.get_outputs
@@ -300,8 +298,7 @@ def export_onnx(net, path, input_shape, dynamic=False, check=True):
     finally:
         MXNetGraph.get_outputs = get_outputs
         onnx.checker.check_graph = check_graph
-        _STATIC_SHAPES.clear()
-        _DYNAMIC[0] = False
+        _EXPORT.update(shapes={}, dynamic=False)
 
     # weights are initializers only, not graph inputs; drop constants no node reads
     used = {name for n in graph.node for name in n.input}

@@ -200,8 +200,9 @@ class SigmoidSSD(gluon.HybridBlock):
         return self.ssd.num_classes
 
     def infer_shape(self, *args):
-        """Deferred parameter shapes, from the wrapped SSD: the inference graph cuts
-        the NMS input to its valid rows, a shape MXNet's shape inference cannot follow."""
+        """Deferred parameter shapes, from the wrapped SSD: with ``nms_topk <= 0`` the
+        inference graph cuts the NMS input to its valid rows, a shape MXNet's shape
+        inference cannot follow."""
         self.ssd(*args)
 
     def set_nms(self, nms_thresh=0.45, nms_topk=400, post_nms=100):

@@ -24,7 +24,8 @@ import re
 
 from mxnet import gluon
 
-__all__ = ['threshold_topk', 'batch_gather', 'classwise_nms', 'GraphStage']
+__all__ = ['threshold_topk', 'batch_gather', 'classwise_nms', 'sort_for_nms', 'nms_sorted',
+           'GraphStage']
 
 
 def threshold_topk(F, scores, k, thresh):
@@ -48,7 +49,8 @@ def batch_gather(F, data, index):
 
 
 def classwise_nms(F, ids, scores, boxes, nms_thresh, valid_thresh, keep, cut=True):
-    """Class-wise greedy NMS of (B, R) candidates, exportable to ONNX.
+    """Class-wise greedy NMS of (B, R) candidates, exportable to ONNX:
+    :func:`sort_for_nms` then :func:`nms_sorted`.
 
     Parameters
     ----------
@@ -74,26 +76,38 @@ def classwise_nms(F, ids, scores, boxes, nms_thresh, valid_thresh, keep, cut=Tru
     ``box_nms(..., id_index=0, force_suppress=False)`` followed by a slice would
     give them.
     """
+    rows, in_cut = sort_for_nms(F, ids, scores, boxes, valid_thresh, cut)
+    return nms_sorted(F, rows, in_cut, nms_thresh, valid_thresh, keep)
+
+
+def sort_for_nms(F, ids, scores, boxes, valid_thresh, cut=True):
+    """The static-shape part of :func:`classwise_nms`: (B, R, 10) rows [id, score,
+    class-offset box, box] sorted by score, invalid ones scored -1 (last), and with
+    ``cut`` the (R,) mask of the rows up to the last valid one of any image (at
+    least one row: box_nms needs one), else None."""
     valid = (ids > -0.5) * (scores > valid_thresh)                # (B, R, 1)
     scores = F.where(valid, scores, F.ones_like(scores) * -1.)
+    # boxes of class c move by c * span: span exceeds every valid box's extent
+    span = F.max(F.abs(F.where(F.broadcast_like(valid, boxes), boxes, F.zeros_like(boxes))))
+    shifted = F.broadcast_add(boxes, F.broadcast_mul(F.maximum(ids, 0.), span * 2 + 1))
     # sort by score (box_nms sorts stably; a stable argsort keeps its tie order)
     order = F.argsort(scores.reshape((0, -1)), axis=1, is_ascend=False, dtype='float32')
-    rows = batch_gather(F, F.concat(ids, scores, boxes, dim=-1), order)  # (B, R, 6)
-    if cut:  # after the last valid row of any image (keep >= 1 row: box_nms needs one)
-        valid = rows.slice_axis(axis=2, begin=1, end=2).reshape((0, -1)) > valid_thresh
-        num_valid = F.max(F.sum(valid, axis=1))
-        position = F.contrib.arange_like(valid, axis=1)
-        in_cut = F.broadcast_lesser(position, F.maximum(num_valid, 1.))
+    rows = batch_gather(F, F.concat(ids, scores, shifted, boxes, dim=-1), order)
+    if not cut:
+        return rows, None
+    valid = rows.slice_axis(axis=2, begin=1, end=2).reshape((0, -1)) > valid_thresh
+    num_valid = F.max(F.sum(valid, axis=1))
+    position = F.contrib.arange_like(valid, axis=1)
+    return rows, F.broadcast_lesser(position, F.maximum(num_valid, 1.))
+
+
+def nms_sorted(F, rows, in_cut, nms_thresh, valid_thresh, keep):
+    """The rest of :func:`classwise_nms`: the rows of :func:`sort_for_nms` (cut to
+    ``in_cut`` unless it is None) through class-agnostic NMS on the offset boxes."""
+    if in_cut is not None:
         # (boolean_mask's axis=1 is broken for 3-d data in MXNet 1.9.1: mask axis 0)
         rows = F.contrib.boolean_mask(rows.transpose((1, 0, 2)), in_cut).transpose((1, 0, 2))
-    ids = rows.slice_axis(axis=2, begin=0, end=1)
-    boxes = rows.slice_axis(axis=2, begin=2, end=6)
-    # boxes of class c move by c * span: span exceeds every valid box's extent
-    valid = F.broadcast_like(rows.slice_axis(axis=2, begin=1, end=2) > valid_thresh, boxes)
-    span = F.max(F.abs(F.where(valid, boxes, F.zeros_like(boxes)))) * 2 + 1
-    shifted = F.broadcast_add(boxes, F.broadcast_mul(F.maximum(ids, 0.), span))
-    dets = F.concat(rows.slice_axis(axis=2, begin=0, end=2), shifted, boxes, dim=-1)
-    dets = F.contrib.box_nms(dets, overlap_thresh=nms_thresh, valid_thresh=valid_thresh,
+    dets = F.contrib.box_nms(rows, overlap_thresh=nms_thresh, valid_thresh=valid_thresh,
                              topk=-1, coord_start=2, score_index=1, id_index=-1,
                              force_suppress=True, in_format='corner', out_format='corner')
     if keep is not None:  # fixed number of rows: pad with -1, then slice

@@ -39,7 +39,7 @@ from mxnet.gluon import nn
 
 from ..init import PriorProbability
 from ..loss import FocalLoss
-from .postprocess import GraphStage, batch_gather, classwise_nms, threshold_topk
+from .postprocess import GraphStage, batch_gather, nms_sorted, sort_for_nms, threshold_topk
 
 __all__ = ['RetinaNet', 'RetinaNetLoss', 'get_retinanet', 'retinanet_resnet18_v1b',
            'retinanet_resnet50_v1b', 'scaled_resnet_v1b', 'stage_output_names']
@@ -192,8 +192,8 @@ class RetinaNet(gluon.HybridBlock):
         self._stages = None
 
     def _staged_inference(self, x):
-        """Hybridized inference as two cached graphs: network and candidates, then
-        NMS. MXNet runs a graph with a data-dependent shape (the NMS input cut to its
+        """Hybridized inference as two cached graphs: network and sorted candidates,
+        then NMS. MXNet runs a graph with a data-dependent shape (the NMS input cut to its
         valid rows) op by op, which would slow the whole network down; split, only
         the NMS graph runs that way. The whole graph is built too, for export()."""
         if self._stages is None:  # (not a tuple: Gluon warns about tuples of blocks)
@@ -240,37 +240,43 @@ class RetinaNet(gluon.HybridBlock):
         return self._detections(F, *self._candidates(F, x, (cls_preds, box_preds, anchors)))
 
     def _candidates(self, F, x, outputs=None):
-        """Every level's candidates, concatenated: ids, scores (B, levels * k, 1), boxes."""
-        outputs = outputs or self.level_outputs(F, x)
-        dets = [self._level_candidates(F, c, b, a, x) for c, b, a in zip(*outputs)]
-        return [F.concat(*parts, dim=1) for parts in zip(*dets)]
-
-    def _detections(self, F, ids, scores, bboxes):
-        """Class-wise NMS of the candidates: the inference outputs."""
-        rows = len(self.strides) * self.pre_nms_topk
-        keep = min(self.post_nms, rows) if self.post_nms > 0 else rows
-        return classwise_nms(F, ids, scores, bboxes, self.nms_thresh, self.score_thresh, keep)
-
-    def _level_candidates(self, F, cls, box, anchors, img):
-        """The top-k (anchor, class) pairs of one level among those above the score
-        threshold, decoded: class ids (B, k, 1), scores (B, k, 1) (-1 for empty
-        slots), boxes (B, k, 4). Only these k boxes are decoded."""
+        """Per level, the top-k (anchor, class) pairs among those above the score
+        threshold; all levels' k decoded at once (only those boxes are decoded),
+        sorted for NMS: :func:`~gluon_focal.detection.postprocess.sort_for_nms`."""
+        cls_preds, box_preds, anchors = outputs or self.level_outputs(F, x)
         k = self.pre_nms_topk
-        scores = F.sigmoid(cls).reshape((0, -1))  # (B, N*C), index = anchor * C + class
-        scores, idx = threshold_topk(F, scores, k, self.score_thresh)
-        anchor_idx = F.floor(idx / self.num_class)
-        cls_id = idx - anchor_idx * self.num_class
-        # k zero rows so that the padding slots (index >= N) gather something
+        ids, scores, anchor_idx, start = [], [], [], None
+        for cls, level_anchors in zip(cls_preds, anchors):
+            # index = anchor * C + class within the level
+            level_scores, idx = threshold_topk(F, F.sigmoid(cls).reshape((0, -1)), k,
+                                               self.score_thresh)
+            level_anchor = F.floor(idx / self.num_class)
+            ids.append(idx - level_anchor * self.num_class)
+            scores.append(level_scores)
+            # the level's anchors start after the previous levels' (empty slots point
+            # past the level: at the next level's anchors, or at the padding below)
+            anchor_idx.append(level_anchor if start is None else
+                              F.broadcast_add(level_anchor, start))
+            count = F.sum(F.ones_like(level_anchors.slice_axis(axis=2, begin=0, end=1)))
+            start = count if start is None else start + count
+        ids, scores, anchor_idx = [F.concat(*parts, dim=1) for parts in (ids, scores, anchor_idx)]
+        box = F.concat(*box_preds, dim=1)
         pad = F.broadcast_axis(F.zeros_like(box.slice_axis(axis=1, begin=0, end=1)),
                                axis=1, size=k)
-        box = F.concat(box, pad, dim=1)
-        anchors = F.concat(anchors, pad.slice_axis(axis=0, begin=0, end=1), dim=1)
-        box = batch_gather(F, box, anchor_idx)                                     # (B, k, 4)
+        box = batch_gather(F, F.concat(box, pad, dim=1), anchor_idx)     # (B, levels * k, 4)
+        anchors = F.concat(*(anchors + [pad.slice_axis(axis=0, begin=0, end=1)]), dim=1)
         anchors = F.gather_nd(anchors, F.stack(F.zeros_like(anchor_idx), anchor_idx, axis=0))
-        # box_decode takes one batch of anchors: decode the B*k rows as one image's
+        # box_decode takes one batch of anchors: decode the B * levels * k rows as one
         boxes = self.box_decoder(box.reshape((1, -1, 4)), anchors.reshape((1, -1, 4)))
-        boxes = self.box_clip(boxes.reshape_like(box), img)
-        return cls_id.expand_dims(-1), scores.expand_dims(-1), boxes
+        boxes = self.box_clip(boxes.reshape_like(box), x)
+        return sort_for_nms(F, ids.expand_dims(-1), scores.expand_dims(-1), boxes,
+                            self.score_thresh)
+
+    def _detections(self, F, rows, in_cut):
+        """Class-wise NMS of the sorted candidates: the inference outputs."""
+        total = len(self.strides) * self.pre_nms_topk
+        keep = min(self.post_nms, total) if self.post_nms > 0 else total
+        return nms_sorted(F, rows, in_cut, self.nms_thresh, self.score_thresh, keep)
 
     # -- helpers ---------------------------------------------------------------
     def get_anchors(self, height, width):

@@ -126,6 +126,18 @@ def _old_sigmoid_ssd(det, x):
             for b, e in ((0, 1), (1, 2), (2, 6))]
 
 
+def _overlaps_across_classes(ids, boxes, thresh):
+    """Whether two detections of different classes overlap by IoU > thresh (which
+    class-agnostic NMS would have suppressed): the class-wise NMS is exercised."""
+    keep = ids[:, 0] >= 0
+    ids, b = ids[keep, 0], boxes[keep]
+    lt, rb = np.maximum(b[:, None, :2], b[None, :, :2]), np.minimum(b[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+    area = np.prod(b[:, 2:] - b[:, :2], axis=1)
+    iou = inter / (area[:, None] + area[None] - inter)
+    return bool(((iou > thresh) & (ids[:, None] != ids[None])).any())
+
+
 def _assert_same(got, expected):
     for g, e in zip(got, expected):
         np.testing.assert_array_equal(g.asnumpy() if hasattr(g, 'asnumpy') else g, e)
@@ -142,6 +154,7 @@ def test_retinanet_detections_unchanged(hybridize, pre_nms_topk, post_nms):
         expected = _old_retinanet(net, x)
         # many candidates and detections: the NMS and the top-k cap both act
         assert (expected[0] >= 0).sum(axis=1).min() >= 30
+        assert _overlaps_across_classes(expected[0][0], expected[2][0], net.nms_thresh)
         _assert_same(net(x), expected)
 
 
@@ -165,6 +178,7 @@ def test_sigmoid_ssd_detections_unchanged(hybridize, nms_topk):
         x = images(2, seed)
         expected = _old_sigmoid_ssd(det, x)
         assert (expected[0] >= 0).sum(axis=1).min() >= 20
+        assert _overlaps_across_classes(expected[0][0], expected[2][0], 0.45)
         _assert_same(det(x), expected)
 
 

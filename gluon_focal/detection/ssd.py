@@ -72,10 +72,6 @@ __all__ = ['SSDFocalMultiBoxLoss', 'SigmoidSSD', 'init_focal_bias', 'tiny_ssd',
            'TinySSDBackbone', 'ssd_anchors']
 
 
-# GluonCV's SSD score threshold (MultiPerClassDecoder and box_nms's valid_thresh)
-_SCORE_THRESH = 0.01
-
-
 def _as_list(x):
     return list(x) if isinstance(x, (list, tuple)) else [x]
 
@@ -170,6 +166,10 @@ class SSDFocalMultiBoxLoss(gluon.Block):
 # ---------------------------------------------------------------------------
 # inference with sigmoid scores
 # ---------------------------------------------------------------------------
+# GluonCV's SSD score threshold (MultiPerClassDecoder and box_nms's valid_thresh)
+_SCORE_THRESH = 0.01
+
+
 class SigmoidSSD(gluon.HybridBlock):
     """Wrap a GluonCV ``SSD`` so that detections are scored with sigmoids.
 

@@ -2,8 +2,8 @@
  * The loop over one chunk, written once over the vector type S and
  * instantiated by loops_scalar.cc, loops_avx2.cc and loops_avx512.cc: reads
  * the targets, checks the values it reads, evaluates focal_math.h and writes
- * (or sums) the result.  A partial last vector runs the same code on a padded
- * copy, with the lanes past the end switched off.
+ * (or sums) the result, a block of vectors at a time.  A partial last vector
+ * runs the same code on a padded copy, with the lanes past the end off.
  */
 #ifndef GLUON_FOCAL_CHUNK_LOOP_H_
 #define GLUON_FOCAL_CHUNK_LOOP_H_
@@ -22,26 +22,33 @@ struct ChunkLoop {
   typedef typename S::Scalar T;
   static constexpr int kLanes = S::kLanes;
 
-  // Where one vector's inputs are (the chunk, or the padded copy of its end).
-  struct VectorInputs {
+  static constexpr int kBlock = 8;   // vectors per block
+  typedef T BlockBuffer[kBlock * kLanes];
+
+  // Where a block's inputs and outputs are (in the chunk, or in the padded
+  // copy of its end).
+  struct BlockIO {
     const T* pred;
     const T* labels;
     const int8_t* codes;
-    const T* alpha1;    // null: the chunk's constant alpha
+    const T* out_grad;
+    T* out;                  // null: forward sums only
+    int64_t first;           // chunk offset of the block's first element
   };
 
   // Loss or gradient of one vector, zero in lanes that are ignored or off.
   // Lanes whose label or prediction fails the checks are flagged in *bad_*.
-  static V vector_value(const VectorInputs& in, const Chunk<T>& chunk, const CallConstants<T>& k,
-                        M lanes, M* bad_label, M* bad_pred) {
+  static V vector_value(const BlockIO& io, int64_t j, const SigmoidParts<S>& parts,
+                        const T* alpha1_by_offset, const Chunk<T>& chunk,
+                        const CallConstants<T>& k, M lanes, M* bad_label, M* bad_pred) {
     const V zero = S::splat(0), one = S::splat(1);
-    V x = S::load(in.pred);
+    V x = S::load(io.pred + j);
     M valid, positive = M();
     V t = zero, label = zero;
     if (kSource == TargetSource::kSparseCode) {
-      S::load_codes(in.codes, &valid, &positive);
+      S::load_codes(io.codes + j, &valid, &positive);
     } else {
-      label = S::load(in.labels);
+      label = S::load(io.labels + j);
       valid = S::ne(label, S::splat(k.ignore_label));
     }
     if (kSource == TargetSource::kSparseRow) {
@@ -69,8 +76,8 @@ struct ChunkLoop {
       }
     }
     valid = S::mask_and(valid, lanes);
-    V alpha1 = in.alpha1 ? S::load(in.alpha1) : S::splat(chunk.alpha1);
-    V alpha0 = in.alpha1 ? S::sub(one, alpha1) : S::splat(chunk.alpha0);
+    V alpha1 = alpha1_by_offset ? S::load(alpha1_by_offset) : S::splat(chunk.alpha1);
+    V alpha0 = alpha1_by_offset ? S::sub(one, alpha1) : S::splat(chunk.alpha0);
     const V gamma = S::splat(k.gamma);
     V value;
     if (kFromSigmoid) {
@@ -85,10 +92,10 @@ struct ChunkLoop {
     } else if (kSource == TargetSource::kDense &&
                !S::all(S::mask_or(positive, S::eq(t, zero)))) {
       V alpha_t = S::fma(t, S::sub(alpha1, alpha0), alpha0);
-      value = focal_logits_soft_targets<S, kPass, kGamma>(x, t, alpha_t, gamma);
+      value = focal_logits_soft_targets<S, kPass, kGamma>(x, parts, t, alpha_t, gamma);
     } else {
       V alpha_t = S::select(positive, alpha1, alpha0);
-      value = focal_logits_hard_targets<S, kPass, kGamma>(x, positive, alpha_t, gamma);
+      value = focal_logits_hard_targets<S, kPass, kGamma>(x, parts, positive, alpha_t, gamma);
     }
     return S::zero_unless(valid, value);
   }
@@ -97,72 +104,85 @@ struct ChunkLoop {
     if (__builtin_expect(S::any(bad), 0) && *first < 0) *first = offset + S::first_set(bad);
   }
 
-  static void run(const Chunk<T>& chunk, const CallConstants<T>& k, ChunkResult* result) {
-    const V coef = S::splat(chunk.coef);
-    const M all_lanes = S::first_lanes(kLanes);
-    typename S::Sum sum;
-    S::sum_zero(&sum);
-    V block_sum = S::splat(0);   // float partial sum of up to kBlock vectors
-    const int kBlock = 8;
-    int in_block = 0;
-    int64_t alpha_offset = 0;
-    const bool sum_only = kPass == Pass::kForward && chunk.out == nullptr;
-    int64_t i = 0;
-    for (; i + kLanes <= chunk.len; i += kLanes) {
-      VectorInputs in = {chunk.pred + i, chunk.labels + (chunk.labels ? i : 0),
-                         chunk.codes + (chunk.codes ? i : 0),
-                         chunk.alpha1_by_offset ? chunk.alpha1_by_offset + alpha_offset : nullptr};
-      if (chunk.alpha1_by_offset) {
-        alpha_offset += kLanes;
-        if (alpha_offset >= chunk.alpha_period) alpha_offset %= chunk.alpha_period;
-      }
-      M bad_label = M(), bad_pred = M();
-      V v = vector_value(in, chunk, k, all_lanes, &bad_label, &bad_pred);
-      if (chunk.check_labels) note_bad(bad_label, i, &result->first_bad_label);
-      if (chunk.check_pred) note_bad(bad_pred, i, &result->first_bad_pred);
-      if (sum_only) {
-        block_sum = S::add(block_sum, v);
-        if (++in_block == kBlock) {
-          S::sum_add(&sum, block_sum);
-          block_sum = S::splat(0);
-          in_block = 0;
-        }
-      } else if (chunk.out_grad) {
-        S::store(chunk.out + i, S::mul(S::mul(v, coef), S::load(chunk.out_grad + i)));
-      } else {
-        S::store(chunk.out + i, S::mul(v, coef));
+  // `vectors` vectors from io; the last one's lanes are last_lanes.  The
+  // sigmoid parts of the whole block are computed first, in two passes.
+  static void run_block(const BlockIO& io, int vectors, M last_lanes, const Chunk<T>& chunk,
+                        const CallConstants<T>& k, int64_t* alpha_offset, V* sum,
+                        ChunkResult* result) {
+    alignas(64) BlockBuffer e, sigmoid_abs, log1p_e;
+    if (!kFromSigmoid) {
+      for (int v = 0; v < vectors; ++v)
+        S::store(e + v * kLanes, exp_neg_abs<S>(S::load(io.pred + v * kLanes)));
+      for (int v = 0; v < vectors; ++v) {
+        SigmoidParts<S> parts = sigmoid_parts<S>(S::load(e + v * kLanes));
+        S::store(sigmoid_abs + v * kLanes, parts.sigmoid_abs);
+        S::store(log1p_e + v * kLanes, parts.log1p_e);
       }
     }
-    if (i < chunk.len) run_tail(chunk, k, i, alpha_offset, coef, &block_sum, result);
-    S::sum_add(&sum, block_sum);
-    result->sum = S::sum_total(sum);
+    const V coef = S::splat(chunk.coef);
+    const V zero = S::splat(0);
+    for (int v = 0; v < vectors; ++v) {
+      const int64_t j = v * kLanes;
+      SigmoidParts<S> parts = {zero, zero, zero};
+      if (!kFromSigmoid)
+        parts = SigmoidParts<S>{S::load(e + j), S::load(sigmoid_abs + j), S::load(log1p_e + j)};
+      const T* alpha1 = nullptr;
+      if (chunk.alpha1_by_offset) {
+        alpha1 = chunk.alpha1_by_offset + *alpha_offset;
+        *alpha_offset += kLanes;
+        if (*alpha_offset >= chunk.alpha_period) *alpha_offset %= chunk.alpha_period;
+      }
+      M lanes = v + 1 < vectors ? S::first_lanes(kLanes) : last_lanes;
+      M bad_label = M(), bad_pred = M();
+      V value = vector_value(io, j, parts, alpha1, chunk, k, lanes, &bad_label, &bad_pred);
+      if (chunk.check_labels) note_bad(bad_label, io.first + j, &result->first_bad_label);
+      if (chunk.check_pred) note_bad(bad_pred, io.first + j, &result->first_bad_pred);
+      if (!io.out) {
+        *sum = S::add(*sum, value);
+      } else if (io.out_grad) {
+        S::store(io.out + j, S::mul(S::mul(value, coef), S::load(io.out_grad + j)));
+      } else {
+        S::store(io.out + j, S::mul(value, coef));
+      }
+    }
   }
 
-  static void run_tail(const Chunk<T>& chunk, const CallConstants<T>& k, int64_t i,
-                       int64_t alpha_offset, V coef, V* block_sum, ChunkResult* result) {
+  static void run(const Chunk<T>& chunk, const CallConstants<T>& k, ChunkResult* result) {
+    const bool sum_only = kPass == Pass::kForward && chunk.out == nullptr;
+    typename S::Sum sum;
+    S::sum_zero(&sum);
+    int64_t alpha_offset = 0;
+    const int64_t full_vectors = chunk.len / kLanes;
+    for (int64_t first_vector = 0; first_vector < full_vectors; first_vector += kBlock) {
+      const int vectors = static_cast<int>(full_vectors - first_vector < kBlock ? full_vectors - first_vector : kBlock);
+      const int64_t i = first_vector * kLanes;
+      BlockIO io = {chunk.pred + i, chunk.labels ? chunk.labels + i : nullptr,
+                    chunk.codes ? chunk.codes + i : nullptr,
+                    chunk.out_grad ? chunk.out_grad + i : nullptr,
+                    sum_only ? nullptr : chunk.out + i, i};
+      V block_sum = S::splat(0);   // float partial sum of one block
+      run_block(io, vectors, S::first_lanes(kLanes), chunk, k, &alpha_offset, &block_sum, result);
+      S::sum_add(&sum, block_sum);
+    }
+    const int64_t i = full_vectors * kLanes;
     const int rest = static_cast<int>(chunk.len - i);
-    alignas(64) T pred[kLanes] = {}, labels[kLanes] = {}, out_grad[kLanes] = {}, out[kLanes];
-    alignas(64) int8_t codes[kLanes < 16 ? 16 : kLanes] = {};
-    for (int j = 0; j < rest; ++j) {
-      pred[j] = chunk.pred[i + j];
-      if (chunk.labels) labels[j] = chunk.labels[i + j];
-      if (chunk.codes) codes[j] = chunk.codes[i + j];
-      if (chunk.out_grad) out_grad[j] = chunk.out_grad[i + j];
+    if (rest > 0) {   // the same code on a padded copy
+      alignas(64) T pred[kLanes] = {}, labels[kLanes] = {}, out_grad[kLanes] = {}, out[kLanes];
+      alignas(64) int8_t codes[kLanes < 16 ? 16 : kLanes] = {};
+      for (int j = 0; j < rest; ++j) {
+        pred[j] = chunk.pred[i + j];
+        if (chunk.labels) labels[j] = chunk.labels[i + j];
+        if (chunk.codes) codes[j] = chunk.codes[i + j];
+        if (chunk.out_grad) out_grad[j] = chunk.out_grad[i + j];
+      }
+      BlockIO io = {pred, labels, codes, out_grad, sum_only ? nullptr : out, i};
+      V block_sum = S::splat(0);
+      run_block(io, 1, S::first_lanes(rest), chunk, k, &alpha_offset, &block_sum, result);
+      S::sum_add(&sum, block_sum);
+      if (!sum_only)
+        for (int j = 0; j < rest; ++j) chunk.out[i + j] = out[j];
     }
-    VectorInputs in = {pred, labels, codes,
-                       chunk.alpha1_by_offset ? chunk.alpha1_by_offset + alpha_offset : nullptr};
-    M bad_label = M(), bad_pred = M();
-    V v = vector_value(in, chunk, k, S::first_lanes(rest), &bad_label, &bad_pred);
-    if (chunk.check_labels) note_bad(bad_label, i, &result->first_bad_label);
-    if (chunk.check_pred) note_bad(bad_pred, i, &result->first_bad_pred);
-    if (kPass == Pass::kForward && chunk.out == nullptr) {
-      *block_sum = S::add(*block_sum, v);
-      return;
-    }
-    v = S::mul(v, coef);
-    if (chunk.out_grad) v = S::mul(v, S::load(out_grad));
-    S::store(out, v);
-    for (int j = 0; j < rest; ++j) chunk.out[i + j] = out[j];
+    result->sum = S::sum_total(sum);
   }
 };
 

@@ -74,10 +74,12 @@ enum : int64_t { kIgnored = -1, kBackground = -2, kNotAClass = -3 };
 template <class LabT>
 int64_t sparse_class(LabT raw, const Attributes& a, int64_t num_classes) {
   const double v = as_double(raw);
+  if (v >= 0.0 && v < static_cast<double>(num_classes)) {
+    const int64_t c = static_cast<int64_t>(v);
+    if (static_cast<double>(c) == v) return c;
+  }
   if (a.has_ignore_label && v == a.ignore_label) return kIgnored;
   if (a.has_background_label && v == a.background_label) return kBackground;
-  if (v >= 0.0 && v < static_cast<double>(num_classes) && v == std::floor(v))
-    return static_cast<int64_t>(v);
   return kNotAClass;
 }
 
@@ -87,19 +89,21 @@ int64_t sparse_class(LabT raw, const Attributes& a, int64_t num_classes) {
 template <class LabT>
 int64_t build_codes(const Plan& p, const ChunkSpan& span, const LabT* labels, int8_t* codes) {
   std::memset(codes, 0, static_cast<size_t>(span.len));
-  const int64_t positions = span.super_rows * p.inner, inner = p.inner, C = p.num_classes;
+  const int64_t inner = p.inner, C = p.num_classes;
   const LabT* l = labels + span.label_start;
   int64_t first_bad = -1;
-  for (int64_t j = 0; j < positions; ++j) {
-    int64_t c = sparse_class(l[j], p.attrs, C);
-    if (c == kBackground) continue;
-    const int64_t base = (j / inner) * C * inner + (j % inner);
+  const int64_t positions = span.super_rows * inner;
+  for (int64_t q = 0, row = 0, j = 0; q < positions; ++q) {
+    // position q is at (row, j): its codes are row_codes[class * inner]
+    int8_t* row_codes = codes + row * C * inner + j;
+    const int64_t c = sparse_class(l[q], p.attrs, C);
     if (c >= 0) {
-      codes[base + c * inner] = 1;
-      continue;
+      row_codes[c * inner] = 1;
+    } else if (c != kBackground) {
+      if (c == kNotAClass && first_bad < 0) first_bad = span.label_start + q;
+      for (int64_t k = 0; k < C; ++k) row_codes[k * inner] = -1;
     }
-    if (c == kNotAClass && first_bad < 0) first_bad = span.label_start + j;
-    for (int64_t k = 0; k < C; ++k) codes[base + k * inner] = -1;
+    if (++j == inner) { j = 0; ++row; }
   }
   return first_bad;
 }

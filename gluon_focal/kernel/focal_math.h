@@ -20,6 +20,24 @@
 
 namespace gluon_focal {
 
+// What every logit term is made of, with e = exp(-|x|): the loops compute
+// the three in separate passes over a block of vectors (short, independent
+// dependency chains instead of one long one per vector).
+template <class S>
+struct SigmoidParts {
+  typename S::V e;             // exp(-|x|)
+  typename S::V sigmoid_abs;   // sigmoid(|x|) = 1 / (1 + e)
+  typename S::V log1p_e;       // log(1 + e)
+};
+
+template <class S>
+inline typename S::V exp_neg_abs(typename S::V x) { return exp_neg<S>(S::abs(x)); }
+
+template <class S>
+inline SigmoidParts<S> sigmoid_parts(typename S::V e) {
+  return SigmoidParts<S>{e, S::reciprocal(S::add(S::splat(1), e)), log1p_unit<S>(e)};
+}
+
 // Logits with targets in {0, 1}.  The loss of a positive at x is the loss of
 // a negative at z = -x, so everything is computed for z and the gradient's
 // sign flipped back:
@@ -27,15 +45,14 @@ namespace gluon_focal {
 //   dFL/dz = alpha_t m^gamma (gamma (1 - m) ce + m),  dFL/dx = +-dFL/dz.
 // m^gamma is exp(-gamma softplus(-z)) for a general gamma (one more exp, no log).
 template <class S, Pass kPass, GammaKind kGamma>
-inline typename S::V focal_logits_hard_targets(typename S::V x, typename S::M positive,
-                                               typename S::V alpha_t, typename S::V gamma) {
+inline typename S::V focal_logits_hard_targets(typename S::V x, const SigmoidParts<S>& parts,
+                                               typename S::M positive, typename S::V alpha_t,
+                                               typename S::V gamma) {
   typedef typename S::V V;
   typedef typename S::M M;
-  const V zero = S::splat(0), one = S::splat(1);
-  V e = exp_neg<S>(S::abs(x));
-  V sigmoid_abs = S::reciprocal(S::add(one, e));
-  V sigmoid_neg_abs = S::mul(e, sigmoid_abs);
-  V log1p_e = log1p_unit<S>(e);
+  const V zero = S::splat(0);
+  const V sigmoid_abs = parts.sigmoid_abs, log1p_e = parts.log1p_e;
+  const V sigmoid_neg_abs = S::mul(parts.e, sigmoid_abs);
   V z = S::negate_if(positive, x);
   M z_negative = S::sign_bit(z);
   V m = S::select(z_negative, sigmoid_neg_abs, sigmoid_abs);
@@ -73,14 +90,13 @@ inline typename S::V log_modulating_base(typename S::V t, typename S::V m, typen
 
 // Logits with soft targets t in [0, 1].
 template <class S, Pass kPass, GammaKind kGamma>
-inline typename S::V focal_logits_soft_targets(typename S::V x, typename S::V t,
-                                               typename S::V alpha_t, typename S::V gamma) {
+inline typename S::V focal_logits_soft_targets(typename S::V x, const SigmoidParts<S>& parts,
+                                               typename S::V t, typename S::V alpha_t,
+                                               typename S::V gamma) {
   typedef typename S::V V;
   const V zero = S::splat(0), one = S::splat(1);
-  V e = exp_neg<S>(S::abs(x));
-  V sigmoid_abs = S::reciprocal(S::add(one, e));
-  V sigmoid_neg_abs = S::mul(e, sigmoid_abs);
-  V log1p_e = log1p_unit<S>(e);
+  const V sigmoid_abs = parts.sigmoid_abs, log1p_e = parts.log1p_e;
+  const V sigmoid_neg_abs = S::mul(parts.e, sigmoid_abs);
   typename S::M x_negative = S::sign_bit(x);
   V p = S::select(x_negative, sigmoid_neg_abs, sigmoid_abs);
   V q = S::select(x_negative, sigmoid_abs, sigmoid_neg_abs);

@@ -175,7 +175,8 @@ struct ChunkLoop {
         if (chunk.codes) codes[j] = chunk.codes[i + j];
         if (chunk.out_grad) out_grad[j] = chunk.out_grad[i + j];
       }
-      BlockIO io = {pred, labels, codes, out_grad, sum_only ? nullptr : out, i};
+      BlockIO io = {pred, chunk.labels ? labels : nullptr, chunk.codes ? codes : nullptr,
+                    chunk.out_grad ? out_grad : nullptr, sum_only ? nullptr : out, i};
       V block_sum = S::splat(0);
       run_block(io, 1, S::first_lanes(rest), chunk, k, &alpha_offset, &block_sum, result);
       S::sum_add(&sum, block_sum);

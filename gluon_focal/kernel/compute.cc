@@ -74,12 +74,12 @@ enum : int64_t { kIgnored = -1, kBackground = -2, kNotAClass = -3 };
 template <class LabT>
 int64_t sparse_class(LabT raw, const Attributes& a, int64_t num_classes) {
   const double v = as_double(raw);
+  if (a.has_ignore_label && v == a.ignore_label) return kIgnored;
+  if (a.has_background_label && v == a.background_label) return kBackground;   // may be in [0, C)
   if (v >= 0.0 && v < static_cast<double>(num_classes)) {
     const int64_t c = static_cast<int64_t>(v);
     if (static_cast<double>(c) == v) return c;
   }
-  if (a.has_ignore_label && v == a.ignore_label) return kIgnored;
-  if (a.has_background_label && v == a.background_label) return kBackground;
   return kNotAClass;
 }
 

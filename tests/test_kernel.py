@@ -186,6 +186,62 @@ def test_fast_logit_path_gammas_tails_and_mixed_targets(gamma):
               background_label=2)
 
 
+def _simd_battery():
+    """(pred, label, mode, attrs) covering every loop: sparse labels in the
+    pattern layout (codes) and the row layout, binary masks, dense soft
+    targets, probabilities, every gamma kind, per-class alpha, elementwise and
+    reduced outputs, lengths that are no multiple of 8 or 16 (tails)."""
+    rng = np.random.RandomState(21)
+    pattern = rng.uniform(-30, 30, size=(3, 37, 7))
+    pattern[0, 0] = [0.0, -0.0, 1e-4, -1e-4, 17.0, -17.0, 88.0]
+    pattern_labels = rng.randint(-1, 7, size=(3, 37)).astype(np.float64)
+    rows = rng.randn(2, 3, 5, 29) * 6                    # inner = 145: row layout
+    row_labels = rng.randint(0, 3, size=(2, 5, 29)).astype(np.float64)
+    mask = (rng.rand(2, 1, 9, 13) < 0.3).astype(np.float64)
+    mask[0, 0, 0, :3] = 255
+    soft = rng.rand(3, 11, 5)
+    soft[1, 2, :] = -1
+    probs = rng.uniform(0.0, 1.0, size=(3, 11, 5))
+    cases = []
+    for gamma in (0.0, 1.0, 2.0, 1.5):
+        for norm in ('none', 'mean', 'positive'):
+            cases += [
+                (pattern, pattern_labels, 'sparse', dict(axis=-1, ignore_label=-1, gamma=gamma,
+                                                         normalization=norm, alpha=0.25)),
+                (rows, row_labels, 'sparse', dict(axis=1, background_label=2, gamma=gamma,
+                                                  normalization=norm, alpha=[0.2, 0.5, 0.7])),
+                (rng.randn(2, 1, 9, 13) * 4, mask, 'binary', dict(axis=1, ignore_label=255,
+                                                                  gamma=gamma, normalization=norm)),
+                (rng.randn(3, 11, 5) * 3, soft, 'dense', dict(axis=-1, ignore_label=-1, gamma=gamma,
+                                                              normalization=norm,
+                                                              alpha=[0.1, 0.3, 0.5, 0.7, 0.9])),
+                (probs, soft, 'dense', dict(axis=-1, ignore_label=-1, gamma=gamma,
+                                            normalization=norm, from_sigmoid=True, eps=1e-6)),
+            ]
+    return cases
+
+
+@pytest.mark.parametrize('level', ['avx2', 'avx512'])
+def test_simd_loops_match_scalar_and_reference(level):
+    """Each instruction set's loops (chosen at run time) against the scalar
+    loops (within 1e-6 relative) and the numpy reference."""
+    if kernel.SIMD_LEVELS.index(kernel.cpu_simd_level()) < kernel.SIMD_LEVELS.index(level):
+        pytest.skip('this CPU has no %s (it has %s)' % (level, kernel.cpu_simd_level()))
+    try:
+        for i, (pred, label, mode, attrs) in enumerate(_simd_battery()):
+            assert kernel._limit_simd('scalar') == 'scalar'
+            scalar = run_op(pred, label, mode=mode, **attrs)[:2]
+            assert kernel._limit_simd(level) == level
+            check(pred, label, mode, seed=i, **attrs)
+            simd = run_op(pred, label, mode=mode, **attrs)[:2]
+            for got, want, what in zip(simd, scalar, ('loss', 'grad')):
+                np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * np.abs(want).max(),
+                                           err_msg='%s %s %s %s' % (level, what, mode, attrs))
+    finally:
+        kernel._limit_simd('avx512')
+    assert kernel.simd_level() == kernel.cpu_simd_level()
+
+
 def test_scale_and_batch_axis():
     rng = np.random.RandomState(6)
     pred = rng.randn(6, 4, 3) * 2          # batch axis 1 precedes class axis 2

@@ -71,17 +71,27 @@ void store_compute(const CT* src, To* dst, int64_t n, const KernelTable& isa) {
 
 // Class index of a sparse label, or kIgnored / kBackground / kNotAClass.
 enum : int64_t { kIgnored = -1, kBackground = -2, kNotAClass = -3 };
-template <class LabT>
-int64_t sparse_class(LabT raw, const Attributes& a, int64_t num_classes) {
-  const double v = as_double(raw);
-  if (a.has_ignore_label && v == a.ignore_label) return kIgnored;
-  if (a.has_background_label && v == a.background_label) return kBackground;   // may be in [0, C)
-  if (v >= 0.0 && v < static_cast<double>(num_classes)) {
-    const int64_t c = static_cast<int64_t>(v);
-    if (static_cast<double>(c) == v) return c;
+struct SparseLabelRule {
+  double ignore_label, background_label;   // NaN when there is none: never equal
+  double num_classes;
+
+  explicit SparseLabelRule(const Plan& p)
+      : ignore_label(p.attrs.has_ignore_label ? p.attrs.ignore_label : std::nan("")),
+        background_label(p.attrs.has_background_label ? p.attrs.background_label : std::nan("")),
+        num_classes(static_cast<double>(p.num_classes)) {}
+
+  template <class LabT>
+  int64_t classify(LabT raw) const {
+    const double v = as_double(raw);
+    if (v == ignore_label) return kIgnored;
+    if (v == background_label) return kBackground;   // may be in [0, C)
+    if (v >= 0.0 && v < num_classes) {
+      const int64_t c = static_cast<int64_t>(v);
+      if (static_cast<double>(c) == v) return c;
+    }
+    return kNotAClass;
   }
-  return kNotAClass;
-}
+};
 
 // Per-element codes of a pattern-layout chunk with sparse labels (1: the
 // label's class, 0: another class, -1: ignored position), checking each
@@ -89,14 +99,14 @@ int64_t sparse_class(LabT raw, const Attributes& a, int64_t num_classes) {
 template <class LabT>
 int64_t build_codes(const Plan& p, const ChunkSpan& span, const LabT* labels, int8_t* codes) {
   std::memset(codes, 0, static_cast<size_t>(span.len));
-  const int64_t inner = p.inner, C = p.num_classes;
+  const SparseLabelRule rule(p);   // locals: the int8 stores below may alias anything
+  const int64_t inner = p.inner, C = p.num_classes, positions = span.super_rows * inner;
   const LabT* l = labels + span.label_start;
   int64_t first_bad = -1;
-  const int64_t positions = span.super_rows * inner;
   for (int64_t q = 0, row = 0, j = 0; q < positions; ++q) {
     // position q is at (row, j): its codes are row_codes[class * inner]
     int8_t* row_codes = codes + row * C * inner + j;
-    const int64_t c = sparse_class(l[q], p.attrs, C);
+    const int64_t c = rule.classify(l[q]);
     if (c >= 0) {
       row_codes[c * inner] = 1;
     } else if (c != kBackground) {
@@ -115,6 +125,7 @@ void count_labels(const Plan& p, const LabT* labels, int threads, std::vector<do
   valid->assign(p.num_chunks, 0.0);
   positive->assign(p.num_chunks, 0.0);
   const Attributes& a = p.attrs;
+  const SparseLabelRule rule(p);
   parallel_for_chunks(p.num_chunks, threads, [] { return 0; }, [&](int, int64_t id) {
     ChunkSpan span = chunk_span(p, id);
     double n_valid = 0.0, n_positive = 0.0;
@@ -122,7 +133,7 @@ void count_labels(const Plan& p, const LabT* labels, int threads, std::vector<do
       // each label once: the super-rows of a pattern chunk, the class-0 rows
       const int64_t n = p.pattern_layout ? span.super_rows * p.inner : (span.row_class == 0 ? span.len : 0);
       for (int64_t j = 0; j < n; ++j) {
-        int64_t c = sparse_class(labels[span.label_start + j], a, p.num_classes);
+        int64_t c = rule.classify(labels[span.label_start + j]);
         if (c == kIgnored || c == kNotAClass) continue;
         n_valid += static_cast<double>(p.num_classes);
         if (c >= 0) n_positive += 1.0;

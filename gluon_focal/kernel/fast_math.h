@@ -16,12 +16,13 @@ namespace gluon_focal {
 // k = x + kPow2Magic puts round(x) + 127 in k's low mantissa bits (|x| < 2^22).
 static constexpr float kPow2Magic = 12582912.0f + 127.0f;
 
-// exp(-a) for a >= -87 (NaN propagates); 0 for a > 87.3 instead of a
-// subnormal, which keeps the scaling by 2^n a single exponent-field shift.
+// exp(-a) for a >= -87 (NaN propagates).  a is clamped at 88, where the
+// scale 2^n reaches n = -127: its exponent field is then 0 and the result
+// exactly 0, so exp(-a) is 0 instead of a subnormal from a = 87.7 on.
 template <class S>
 inline typename S::V exp_neg(typename S::V a) {
   typedef typename S::V V;
-  V clamped = S::min(S::splat(87.3f), a);   // operand order keeps NaN
+  V clamped = S::min(S::splat(88.0f), a);   // operand order keeps NaN
   V k = S::fma(clamped, S::splat(-1.44269504088896341f), S::splat(kPow2Magic));
   V n = S::sub(k, S::splat(kPow2Magic));    // round(-a / ln 2)
   // u = a + n ln 2 in [-ln2/2, ln2/2] (one rounding: |n| <= 126 keeps the
@@ -36,7 +37,7 @@ inline typename S::V exp_neg(typename S::V a) {
   y = S::fma(y, u, S::splat(4.9999994040e-01f));
   y = S::fma(y, u, S::splat(-1.0f));
   y = S::fma(y, u, S::splat(1.0f));
-  return S::select(S::gt(a, S::splat(87.3f)), S::splat(0.0f), S::mul(y, S::pow2_from_magic(k)));
+  return S::mul(y, S::pow2_from_magic(k));
 }
 
 // log(1 + e) for e in [0, 1] (NaN propagates): e + e^2 Q(e), Q a degree-7

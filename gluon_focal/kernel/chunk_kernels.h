@@ -65,7 +65,6 @@ using ChunkKernel = void (*)(const Chunk<CT>&, const CallConstants<CT>&, ChunkRe
 
 // The loops of one instruction set.
 struct KernelTable {
-  const char* name;
   // float compute (float32 and float16 pred)
   ChunkKernel<float> (*pick_float)(Pass, GammaKind, bool from_sigmoid, TargetSource);
   // float64 compute

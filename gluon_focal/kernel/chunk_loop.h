@@ -154,7 +154,8 @@ struct ChunkLoop {
     int64_t alpha_offset = 0;
     const int64_t full_vectors = chunk.len / kLanes;
     for (int64_t first_vector = 0; first_vector < full_vectors; first_vector += kBlock) {
-      const int vectors = static_cast<int>(full_vectors - first_vector < kBlock ? full_vectors - first_vector : kBlock);
+      const int64_t left = full_vectors - first_vector;
+      const int vectors = static_cast<int>(left < kBlock ? left : kBlock);
       const int64_t i = first_vector * kLanes;
       BlockIO io = {chunk.pred + i, chunk.labels ? chunk.labels + i : nullptr,
                     chunk.codes ? chunk.codes + i : nullptr,

@@ -6,7 +6,7 @@
 namespace gluon_focal {
 
 const KernelTable& avx2_kernels() {
-  static const KernelTable table = {"avx2", &pick_chunk_kernel<Avx2Float>,
+  static const KernelTable table = {&pick_chunk_kernel<Avx2Float>,
                                     scalar_kernels().pick_double, &Avx2Float::half_to_float,
                                     &Avx2Float::float_to_half};
   return table;

@@ -6,7 +6,7 @@
 namespace gluon_focal {
 
 const KernelTable& avx512_kernels() {
-  static const KernelTable table = {"avx512", &pick_chunk_kernel<Avx512Float>,
+  static const KernelTable table = {&pick_chunk_kernel<Avx512Float>,
                                     scalar_kernels().pick_double, &Avx512Float::half_to_float,
                                     &Avx512Float::float_to_half};
   return table;

@@ -6,7 +6,7 @@
 namespace gluon_focal {
 
 const KernelTable& scalar_kernels() {
-  static const KernelTable table = {"scalar", &pick_chunk_kernel<ScalarFloat>,
+  static const KernelTable table = {&pick_chunk_kernel<ScalarFloat>,
                                     &pick_chunk_kernel<ScalarDouble>, &ScalarFloat::half_to_float,
                                     &ScalarFloat::float_to_half};
   return table;

@@ -47,8 +47,9 @@ struct Chunk {
   const int8_t* codes;     // kSparseCode
   CT row_class;            // kSparseRow
   CT alpha0, alpha1;       // alpha_t = alpha1 for positives, alpha0 for negatives ...
-  const CT* alpha1_by_offset;  // ... or, per class in the pattern layout: alpha1 of the
-  int64_t alpha_period;        //     element at offset k of a super-row of this period
+  const CT* alpha0_by_offset;  // ... or, per class in the pattern layout: alpha0 and
+  const CT* alpha1_by_offset;  //     alpha1 of the element at offset k of a super-row
+  int64_t alpha_period;        //     (of this period); null otherwise
   bool check_labels;       // validate labels (kSparseCode labels are checked by the driver)
   bool check_pred;         // validate probabilities (from_sigmoid)
 };

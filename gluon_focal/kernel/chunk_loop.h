@@ -39,7 +39,7 @@ struct ChunkLoop {
   // Loss or gradient of one vector, zero in lanes that are ignored or off.
   // Lanes whose label or prediction fails the checks are flagged in *bad_*.
   static V vector_value(const BlockIO& io, int64_t j, const SigmoidParts<S>& parts,
-                        const T* alpha1_by_offset, const Chunk<T>& chunk,
+                        const T* alpha0_by_offset, const T* alpha1_by_offset, const Chunk<T>& chunk,
                         const CallConstants<T>& k, M lanes, M* bad_label, M* bad_pred) {
     const V zero = S::splat(0), one = S::splat(1);
     V x = S::load(io.pred + j);
@@ -77,7 +77,7 @@ struct ChunkLoop {
     }
     valid = S::mask_and(valid, lanes);
     V alpha1 = alpha1_by_offset ? S::load(alpha1_by_offset) : S::splat(chunk.alpha1);
-    V alpha0 = alpha1_by_offset ? S::sub(one, alpha1) : S::splat(chunk.alpha0);
+    V alpha0 = alpha0_by_offset ? S::load(alpha0_by_offset) : S::splat(chunk.alpha0);
     const V gamma = S::splat(k.gamma);
     V value;
     if (kFromSigmoid) {
@@ -126,15 +126,16 @@ struct ChunkLoop {
       SigmoidParts<S> parts = {zero, zero, zero};
       if (!kFromSigmoid)
         parts = SigmoidParts<S>{S::load(e + j), S::load(sigmoid_abs + j), S::load(log1p_e + j)};
-      const T* alpha1 = nullptr;
+      const T *alpha0 = nullptr, *alpha1 = nullptr;
       if (chunk.alpha1_by_offset) {
+        alpha0 = chunk.alpha0_by_offset + *alpha_offset;
         alpha1 = chunk.alpha1_by_offset + *alpha_offset;
         *alpha_offset += kLanes;
         if (*alpha_offset >= chunk.alpha_period) *alpha_offset %= chunk.alpha_period;
       }
       M lanes = v + 1 < vectors ? S::first_lanes(kLanes) : last_lanes;
       M bad_label = M(), bad_pred = M();
-      V value = vector_value(io, j, parts, alpha1, chunk, k, lanes, &bad_label, &bad_pred);
+      V value = vector_value(io, j, parts, alpha0, alpha1, chunk, k, lanes, &bad_label, &bad_pred);
       if (chunk.check_labels) note_bad(bad_label, io.first + j, &result->first_bad_label);
       if (chunk.check_pred) note_bad(bad_pred, io.first + j, &result->first_bad_pred);
       if (!io.out) {

@@ -282,7 +282,8 @@ std::string run(const Plan& p, Pass pass, const PredT* pred, const LabT* labels,
   const TargetSource source = target_source(p);
   const ChunkKernel<CT> kernel = pick<CT>(isa, pass, gamma_kind(a.gamma), a.from_sigmoid, source);
   const CallConstants<CT> constants = call_constants<CT>(p);
-  std::vector<CT> alpha1_by_offset(p.alpha1_by_offset.begin(), p.alpha1_by_offset.end());
+  const std::vector<CT> alpha0_by_offset(p.alpha0_by_offset.begin(), p.alpha0_by_offset.end());
+  const std::vector<CT> alpha1_by_offset(p.alpha1_by_offset.begin(), p.alpha1_by_offset.end());
 
   std::vector<double> den, coef;
   if (reduced(p)) den = denominators(p, labels, threads);
@@ -336,10 +337,11 @@ std::string run(const Plan& p, Pass pass, const PredT* pred, const LabT* labels,
     }
     c.alpha0 = static_cast<CT>(p.alpha0);
     c.alpha1 = static_cast<CT>(p.alpha1);
-    c.alpha1_by_offset = nullptr;
+    c.alpha0_by_offset = c.alpha1_by_offset = nullptr;
     c.alpha_period = p.super_row;
     if (a.alpha_kind == AlphaKind::kPerClass) {
       if (p.pattern_layout) {
+        c.alpha0_by_offset = alpha0_by_offset.data();
         c.alpha1_by_offset = alpha1_by_offset.data();
       } else {
         c.alpha1 = static_cast<CT>(a.alpha[span.row_class]);

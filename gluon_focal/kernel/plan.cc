@@ -162,9 +162,12 @@ std::string make_plan(const Attributes& a, const std::vector<int64_t>& pred_shap
   }
   if (a.alpha_kind == AlphaKind::kPerClass && p->pattern_layout && p->super_row > 0) {
     const int64_t padded = p->super_row + 64;
+    p->alpha0_by_offset.resize(padded);
     p->alpha1_by_offset.resize(padded);
-    for (int64_t k = 0; k < padded; ++k)
+    for (int64_t k = 0; k < padded; ++k) {
       p->alpha1_by_offset[k] = a.alpha[(k % p->super_row) / p->inner];
+      p->alpha0_by_offset[k] = 1.0 - p->alpha1_by_offset[k];
+    }
   }
   return "";
 }

@@ -47,9 +47,10 @@ struct Plan {
   int64_t row_piece = 1, pieces_per_row = 1;          // row layout
   int64_t chunks_per_sample = 0, num_chunks = 0, max_chunk_len = 0;
   double alpha0 = 1.0, alpha1 = 1.0;                  // one alpha for every class
-  // per-class alpha in the pattern layout: alpha1 at each offset of a super-row
-  // (period super_row, padded so that a vector load never wraps)
-  std::vector<double> alpha1_by_offset;
+  // per-class alpha in the pattern layout: alpha0 (1 - alpha, in double) and
+  // alpha1 at each offset of a super-row (period super_row, padded so that a
+  // vector load never wraps)
+  std::vector<double> alpha0_by_offset, alpha1_by_offset;
 };
 
 // Where chunk `id` is: pred elements [start, start + len), its labels from

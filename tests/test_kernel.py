@@ -528,6 +528,23 @@ def test_attribute_and_shape_errors():
         kernel.op_attrs(normalization='avg')
 
 
+def test_layout_problem_is_the_kernels_own_decision():
+    """kernel.layout_problem asks the library, and the op refuses exactly
+    those layouts with the same sentence."""
+    assert kernel.layout_problem(3, 2, 1, 'sparse', False, 'mean') is None
+    assert kernel.layout_problem(3, 1, 2, 'sparse', False, 'none') is None
+    assert kernel.layout_problem(3, 1, 2, 'dense', False, 'mean') is None   # axis irrelevant
+    why = kernel.layout_problem(3, 1, 2, 'dense', True, 'sum')             # per-class alpha
+    assert why is not None and 'batch_axis (2) must come before the class axis (1)' in why
+    why = kernel.layout_problem(3, 1, 2, 'sparse', False, 'mean')
+    assert why is not None
+    x = mx.nd.zeros((2, 3, 4))
+    with pytest.raises(mx.base.MXNetError) as err:
+        kernel.fused_focal_loss(mx.nd, x, mx.nd.zeros((2, 4)), mode='sparse', axis=1,
+                                batch_axis=2).wait_to_read()
+    assert why in str(err.value)
+
+
 EXPORT_SCRIPT = textwrap.dedent('''
     import os, sys, numpy as np, mxnet as mx
     tmp = sys.argv[1]

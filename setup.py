@@ -54,7 +54,7 @@ setup(
     version='0.1.0',
     description='Sigmoid focal loss for MXNet Gluon with explicit label modes and a fused kernel',
     packages=find_packages(include=['gluon_focal', 'gluon_focal.*']),
-    package_data={'gluon_focal.kernel': ['*.cc', '*.h', '*.inc']},
+    package_data={'gluon_focal.kernel': ['*.cc', '*.h']},
     ext_modules=[Extension(_KERNEL_LIB, sources=[])],
     cmdclass={'build_ext': BuildFusedKernel},
     zip_safe=False,

@@ -1,22 +1,30 @@
 """Forward+backward benchmark of sigmoid focal loss implementations on MXNet.
 
-    python benchmarks/bench_loss.py [--quick] [--json PATH] [--repeats N]
-                                    [--workloads W1,W2s,...] [--no-rss]
+    python benchmarks/bench_loss.py [--quick] [--json PATH] [--repeats N] [--threads 1,2]
+                                    [--workloads W1,W2s,...] [--impls ...] [--no-rss]
 
-One process, one table.  Every implementation is a hybridized Gluon block run
-under autograd.record(), as the last layer of an outer hybridized block (see
-AsLastLayer: pred is then a network-like intermediate without a gradient
-buffer of its own, so no grad_req='add' identity copy is inserted); a step is
-forward + backward + wait_to_read on the gradient; the median of the repeats after warm-up is reported, in ms and in
-ns per logit element, with ratios against gluon.loss.SigmoidBCELoss and
-gluoncv.loss.FocalLoss on the same workload.
+Every implementation is a hybridized Gluon block run under autograd.record(),
+as the last layer of an outer hybridized block (see AsLastLayer: pred is then
+a network-like intermediate without a gradient buffer of its own, so no
+grad_req='add' identity copy is inserted); a step is forward + backward +
+wait_to_read on the gradient.
+
+Equal resources: MXNet fixes its own operator thread count from
+OMP_NUM_THREADS when the process starts, so each thread count runs in its own
+child process (OMP_NUM_THREADS = GLUON_FOCAL_NUM_THREADS = n) on the same
+seeded inputs, and every ratio compares implementations of the same child.
+Within a child the implementations are interleaved (one step of each per
+round, --repeats rounds after a warm-up step each), so a busy machine slows
+them alike; the median of the rounds is reported, with the load average.
 
 Implementations
-  fused-1t / fused-2t  gluon_focal.FocalLoss(impl='fused') with 1 / 2 threads
-  composite            gluon_focal.FocalLoss(impl='composite')
-  gluoncv              gluoncv.loss.FocalLoss (from_logits=False, i.e. logits)
-  bce                  gluon.loss.SigmoidBCELoss (no focal term; speed floor)
-Baselines run with MXNet's own default thread count.
+  floor      MXNet elemwise_add of two logits-sized float32 arrays into a third
+             (read 2, write 1: the 12 bytes per element that fused forward +
+             backward must move at least); the memory floor
+  fused      gluon_focal.FocalLoss(impl='fused')
+  composite  gluon_focal.FocalLoss(impl='composite')
+  gluoncv    gluoncv.loss.FocalLoss (from_logits=False, i.e. logits)
+  bce        gluon.loss.SigmoidBCELoss (no focal term)
 
 Workloads (full size; --quick shrinks them)
   W1   SSD 32x24564x21, axis -1, sparse labels (class 0 = background)
@@ -89,7 +97,7 @@ def build_impl(name, wl, shape):
     C = shape[axis % len(shape)]
     mode = 'sparse' if wl['label'] == 'sparse' else 'dense'
     bg = -1 if (wl['label'] == 'sparse' and wl['pos'] is not None) else None
-    if name.startswith('fused') or name == 'composite':
+    if name in ('fused', 'composite'):
         import gluon_focal
         return gluon_focal.FocalLoss(axis=axis, label_mode='binary' if wl['label'] == 'binary'
                                      else mode, background_label=bg,
@@ -142,27 +150,134 @@ class AsLastLayer(gluon.HybridBlock):
         return self.loss(x, y)
 
 
-def time_impl(blk, x_np, y_np, warmup, repeats):
-    blk = AsLastLayer(blk)
-    blk.hybridize(static_alloc=True, static_shape=True)
-    x = mx.nd.array(x_np)
-    y = mx.nd.array(y_np)
-    x.attach_grad()
-    mx.nd.waitall()
-    ts = []
-    for i in range(warmup + repeats):
-        t0 = time.perf_counter()
+IMPLS = ('floor', 'fused', 'composite', 'gluoncv', 'bce')
+
+
+class Floor(object):
+    """The memory floor: elemwise_add of two logits-sized arrays into a third."""
+
+    def __init__(self, shape):
+        self.a, self.b = mx.nd.ones(shape), mx.nd.ones(shape)
+        self.out = mx.nd.zeros(shape)
+
+    def step(self):
+        mx.nd.elemwise_add(self.a, self.b, out=self.out)
+        self.out.wait_to_read()
+
+
+class LossStep(object):
+    """One implementation's forward + backward on fixed inputs."""
+
+    def __init__(self, blk, x_np, y_np):
+        self.blk = AsLastLayer(blk)
+        self.blk.hybridize(static_alloc=True, static_shape=True)
+        self.x, self.y = mx.nd.array(x_np), mx.nd.array(y_np)
+        self.x.attach_grad()
+
+    def step(self):
         with autograd.record():
-            loss = blk(x, y)
+            loss = self.blk(self.x, self.y)
         loss.backward()
-        x.grad.wait_to_read()
-        ts.append(time.perf_counter() - t0)
-    del x, y
-    return float(np.median(ts[warmup:]))
+        self.x.grad.wait_to_read()
 
 
-def impl_names(fused_ok):
-    return (['fused-1t', 'fused-2t'] if fused_ok else []) + ['composite', 'gluoncv', 'bce']
+def load_average():
+    with open('/proc/loadavg') as f:
+        return float(f.read().split()[0])
+
+
+def timing_child(threads, workloads, quick, repeats, impls):
+    """Run in a child with OMP_NUM_THREADS=threads: time every implementation
+    on every workload, interleaved; print one JSON line per (workload, impl)."""
+    from gluon_focal import kernel
+    fused_ok = kernel.available()
+    for wname in workloads:
+        wl = WORKLOADS[wname]
+        shape = QUICK[wname] if quick else wl['shape']
+        pred, lab, sparse = make_inputs(wl, shape)
+        steps, rows = {}, {}
+        for impl in impls:
+            row = dict(workload=wname, shape=list(shape), impl=impl, threads=threads, ms=None)
+            rows[impl] = row
+            try:
+                if impl == 'floor':
+                    steps[impl] = Floor(shape)
+                else:
+                    if impl == 'fused' and not fused_ok:
+                        raise RuntimeError(kernel.unavailable_reason())
+                    blk, variant = build_impl(impl, wl, shape)
+                    row['label'] = variant
+                    steps[impl] = LossStep(blk, pred, label_for(variant, wl, shape, lab, sparse))
+                steps[impl].step()   # warm-up: graph building, allocation
+            except Exception as err:  # noqa: BLE001
+                row['error'] = '%s: %s' % (type(err).__name__, err)
+                steps.pop(impl, None)
+        times = {impl: [] for impl in steps}
+        load_before = load_average()
+        for _ in range(repeats):
+            for impl, step in steps.items():
+                t0 = time.perf_counter()
+                step.step()
+                times[impl].append(time.perf_counter() - t0)
+        n = int(np.prod(shape))
+        for impl, row in rows.items():
+            if impl in times:
+                sec = float(np.median(times[impl]))
+                row.update(ms=sec * 1e3, ns_per_elem=sec * 1e9 / n,
+                           load=[load_before, load_average()])
+            print(json.dumps(row), flush=True)
+        del steps
+        mx.nd.waitall()
+
+
+def run_timings(threads, workloads, quick, repeats, impls):
+    """Rows of every thread count, each from its own child process."""
+    rows = []
+    for n in threads:
+        env = dict(os.environ, OMP_NUM_THREADS=str(n), GLUON_FOCAL_NUM_THREADS=str(n))
+        cmd = [sys.executable, os.path.abspath(__file__), '--timing-child', str(n),
+               '--workloads', ','.join(workloads), '--repeats', str(repeats),
+               '--impls', ','.join(impls)] + (['--quick'] if quick else [])
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              universal_newlines=True, env=env)
+        got = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{')]
+        if proc.returncode != 0 and not got:
+            raise RuntimeError('timing child (%d threads) failed:\n%s' % (n, proc.stderr[-3000:]))
+        rows += got
+    return rows
+
+
+def ratio_table(rows, threads, workloads):
+    """Lines of the table: per workload and thread count, ns/element of each
+    implementation and the ratios at that thread count."""
+    def ns(w, n, impl):
+        r = [x for x in rows if x['workload'] == w and x['threads'] == n and x['impl'] == impl]
+        return r[0].get('ns_per_elem') if r else None
+
+    def fmt(v, spec='%.2f'):
+        return spec % v if v is not None else 'n/a'
+
+    hdr = ('%-4s %-16s %3s %7s %7s %10s %9s %8s %9s %8s %9s %11s' % (
+        'wl', 'shape', 'thr', 'floor', 'fused', 'fused/flr', 'gluoncv', 'gcv/fus', 'bce',
+        'bce/fus', 'composite', 'load'))
+    lines = [hdr, '-' * len(hdr)]
+    for w in workloads:
+        for n in threads:
+            r = [x for x in rows if x['workload'] == w and x['threads'] == n]
+            if not r:
+                continue
+            floor, fused, gcv, bce, comp = (ns(w, n, i) for i in
+                                            ('floor', 'fused', 'gluoncv', 'bce', 'composite'))
+            loads = [x['load'] for x in r if x.get('load')]
+            lines.append('%-4s %-16s %3d %7s %7s %10s %9s %8s %9s %8s %9s %11s' % (
+                w, 'x'.join(map(str, r[0]['shape'])), n, fmt(floor), fmt(fused),
+                fmt(fused / floor if fused and floor else None), fmt(gcv, '%.1f'),
+                fmt(gcv / fused if gcv and fused else None, '%.1f'), fmt(bce, '%.1f'),
+                fmt(bce / fused if bce and fused else None, '%.1f'), fmt(comp, '%.1f'),
+                '%.1f-%.1f' % (min(l[0] for l in loads), max(l[1] for l in loads)) if loads else '-'))
+    errors = ['%s %s %dt: %s' % (x['workload'], x['impl'], x['threads'], x['error'][:100])
+              for x in rows if x.get('error')]
+    return lines + (['n/a: ' + e for e in errors] if errors else [])
 
 
 def forward_backward(blk, x, y, repeats):
@@ -194,8 +309,6 @@ def rss_child(impl, wname, quick):
     shape = QUICK[wname] if quick else wl['shape']
     from gluon_focal import kernel
     kernel.load()
-    if impl.startswith('fused'):
-        kernel.set_num_threads(2 if impl.endswith('2t') else 1)
     forward_backward(*inputs_for(impl, wl, QUICK[wname]), repeats=1)
     blk, x, y = inputs_for(impl, wl, shape)
     mx.nd.waitall()
@@ -218,92 +331,64 @@ def rss_child(impl, wname, quick):
                       'hwm_reset': hwm_reset}))
 
 
+def peak_memory(impls, quick):
+    mem = []
+    for impl in impls:
+        if impl == 'floor':
+            continue
+        cmd = [sys.executable, os.path.abspath(__file__), '--rss-child', impl, 'W1']
+        if quick:
+            cmd.append('--quick')
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              universal_newlines=True)
+        try:
+            d = json.loads(proc.stdout.strip().splitlines()[-1])
+            d['impl'] = impl
+            d['extra_mb'] = (d['peak'] - d['base']) / 2**20
+            d['grad_mb'] = d['grad_bytes'] / 2**20
+            d['extra_over_grad'] = (d['peak'] - d['base']) / d['grad_bytes']
+            mem.append(d)
+        except Exception:  # noqa: BLE001
+            mem.append({'impl': impl, 'error': proc.stderr[-500:]})
+    return mem
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--quick', action='store_true')
     ap.add_argument('--json', default=None)
     ap.add_argument('--repeats', type=int, default=None)
+    ap.add_argument('--threads', default='1,2')
     ap.add_argument('--workloads', default='W1,W2s,W2d,W3,W4')
-    ap.add_argument('--impls', default=None)
+    ap.add_argument('--impls', default=','.join(IMPLS))
     ap.add_argument('--no-rss', action='store_true')
     ap.add_argument('--rss-child', nargs=2, metavar=('IMPL', 'WORKLOAD'))
+    ap.add_argument('--timing-child', type=int, metavar='THREADS')
     args = ap.parse_args()
+    workloads, impls = args.workloads.split(','), args.impls.split(',')
+    repeats = args.repeats or (5 if args.quick else 3)
     if args.rss_child:
         return rss_child(args.rss_child[0], args.rss_child[1], args.quick)
+    if args.timing_child:
+        return timing_child(args.timing_child, workloads, args.quick, repeats, impls)
 
     from gluon_focal import kernel
     fused_ok = kernel.available()
-    repeats = args.repeats or (5 if args.quick else 3)
-    warmup = 2 if args.quick else 1
-    names = args.impls.split(',') if args.impls else impl_names(fused_ok)
-    rows = []
-    info = {'cpu_count': os.cpu_count(), 'mxnet': mx.__version__, 'quick': args.quick,
-            'simd': kernel.simd_level() if fused_ok else None,
-            'fused_default_threads': kernel.default_num_threads() if fused_ok else None,
-            'repeats': repeats, 'warmup': warmup}
     if not fused_ok:
         print('fused kernel unavailable: %s' % kernel.unavailable_reason(), file=sys.stderr)
-    for wname in args.workloads.split(','):
-        wl = WORKLOADS[wname]
-        shape = QUICK[wname] if args.quick else wl['shape']
-        pred, lab, sparse = make_inputs(wl, shape)
-        n = int(np.prod(shape))
-        for impl in names:
-            try:
-                if impl.startswith('fused'):
-                    kernel.set_num_threads(2 if impl.endswith('2t') else 1)
-                blk, variant = build_impl(impl, wl, shape)
-                y_np = label_for(variant, wl, shape, lab, sparse)
-                sec = time_impl(blk, pred, y_np, warmup, repeats)
-                rows.append(dict(workload=wname, shape=list(shape), impl=impl, ms=sec * 1e3,
-                                 ns_per_elem=sec * 1e9 / n, label=variant))
-            except Exception as err:  # noqa: BLE001
-                rows.append(dict(workload=wname, shape=list(shape), impl=impl, ms=None,
-                                 ns_per_elem=None, error='%s: %s' % (type(err).__name__, err)))
-            finally:
-                if fused_ok:
-                    kernel.set_num_threads(0)
-                mx.nd.waitall()
-    # ratios
-    for r in rows:
-        for ref in ('bce', 'gluoncv'):
-            base = [b for b in rows if b['workload'] == r['workload'] and b['impl'] == ref]
-            if base and base[0]['ms'] and r['ms']:
-                r['x_vs_' + ref] = r['ms'] / base[0]['ms']
-    mem = []
-    if not args.no_rss:
-        for impl in names:
-            cmd = [sys.executable, os.path.abspath(__file__), '--rss-child', impl, 'W1']
-            if args.quick:
-                cmd.append('--quick')
-            proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  universal_newlines=True)
-            try:
-                d = json.loads(proc.stdout.strip().splitlines()[-1])
-                d['impl'] = impl
-                d['extra_mb'] = (d['peak'] - d['base']) / 2**20
-                d['grad_mb'] = d['grad_bytes'] / 2**20
-                d['extra_over_grad'] = (d['peak'] - d['base']) / d['grad_bytes']
-                mem.append(d)
-            except Exception:  # noqa: BLE001
-                mem.append({'impl': impl, 'error': proc.stderr[-500:]})
+    threads = [int(t) for t in args.threads.split(',')]
+    info = {'cpu_count': os.cpu_count(), 'mxnet': mx.__version__, 'quick': args.quick,
+            'simd': kernel.simd_level() if fused_ok else None, 'repeats': repeats,
+            'threads': threads}
+    rows = run_timings(threads, workloads, args.quick, repeats, impls)
+    mem = [] if args.no_rss else peak_memory(impls, args.quick)
 
-    print('# focal loss fwd+bwd, hybridized, median of %d after %d warm-up; %s; simd=%s; '
-          'cpus=%s' % (repeats, warmup, 'QUICK sizes' if args.quick else 'full sizes',
-                       info['simd'], info['cpu_count']))
-    hdr = '%-5s %-18s %-12s %10s %9s %8s %8s' % ('wl', 'shape', 'impl', 'ms', 'ns/elem',
-                                                 'x bce', 'x gcv')
-    print(hdr)
-    print('-' * len(hdr))
-    for r in rows:
-        if r['ms'] is None:
-            print('%-5s %-18s %-12s  n/a (%s)' % (r['workload'], 'x'.join(map(str, r['shape'])),
-                                                 r['impl'], r['error'][:60]))
-            continue
-        print('%-5s %-18s %-12s %10.2f %9.3f %8s %8s' % (
-            r['workload'], 'x'.join(map(str, r['shape'])), r['impl'], r['ms'], r['ns_per_elem'],
-            '%.2f' % r['x_vs_bce'] if 'x_vs_bce' in r else '-',
-            '%.2f' % r['x_vs_gluoncv'] if 'x_vs_gluoncv' in r else '-'))
+    print('# focal loss fwd+bwd, ns per logit element, hybridized; %s; simd=%s; %d cpus; '
+          'median of %d interleaved rounds; each thread count in its own process '
+          '(OMP_NUM_THREADS = GLUON_FOCAL_NUM_THREADS); ratios at equal threads; load = '
+          'load average during the rounds' % ('QUICK sizes' if args.quick else 'full sizes',
+                                              info['simd'], info['cpu_count'], repeats))
+    print('\n'.join(ratio_table(rows, threads, workloads)))
     if mem:
         print('\n# peak memory, W1%s, one subprocess per implementation' %
               (' (quick size)' if args.quick else ''))

@@ -3,6 +3,7 @@
 The kernel must be built (setup.py / ``python -m gluon_focal.kernel.build``);
 if it is not, these tests FAIL rather than skip.
 """
+import json
 import os
 import subprocess
 import sys
@@ -56,6 +57,7 @@ def check(pred, label, mode, dtype='float32', label_dtype='float32', ref_label=N
     rng = np.random.RandomState(seed)
     ref_kw = dict(kw)
     scale = ref_kw.pop('scale', 1.0)
+    ref_kw.pop('validate', None)
     norm = kw.get('normalization', 'mean')
     # one forward to learn the output shape, then use a random head gradient
     out_shape = pred.shape if norm == 'none' else (pred.shape[kw.get('batch_axis', 0)],)
@@ -99,8 +101,10 @@ def test_sparse_axis1_nchw(norm, from_sigmoid):
         pred = rng.uniform(-0.05, 1.05, size=pred.shape)
     lab = rng.randint(0, 5, size=(2, 9, 70)).astype(np.float64)
     lab[0, 0, :10] = 255
+    # probabilities outside [0, 1] exercise the clip, so the value checks are off
     check(pred, lab, 'sparse', axis=1, normalization=norm, gamma=2.0,
-          alpha=[0.9, 0.1, 0.25, 0.5, 0.75], ignore_label=255, from_sigmoid=from_sigmoid)
+          alpha=[0.9, 0.1, 0.25, 0.5, 0.75], ignore_label=255, from_sigmoid=from_sigmoid,
+          validate=not from_sigmoid)
     # small inner (pattern layout with gathers)
     pred2 = rng.randn(2, 5, 3, 4) * 2
     lab2 = rng.randint(0, 5, size=(2, 3, 4))
@@ -125,7 +129,7 @@ def test_dense(norm, kind):
               ignore_label=-1)
         check(rng.uniform(-0.1, 1.1, size=pred.shape), lab, 'dense', axis=-1,
               normalization=norm, gamma=gamma, alpha=alpha, ignore_label=-1,
-              from_sigmoid=True, eps=1e-6)
+              from_sigmoid=True, eps=1e-6, validate=False)   # exercises the clip
 
 
 @pytest.mark.parametrize('norm', NORMS)
@@ -182,6 +186,62 @@ def test_fast_logit_path_gammas_tails_and_mixed_targets(gamma):
               background_label=2)
 
 
+def _simd_battery():
+    """(pred, label, mode, attrs) covering every loop: sparse labels in the
+    pattern layout (codes) and the row layout, binary masks, dense soft
+    targets, probabilities, every gamma kind, per-class alpha, elementwise and
+    reduced outputs, lengths that are no multiple of 8 or 16 (tails)."""
+    rng = np.random.RandomState(21)
+    pattern = rng.uniform(-30, 30, size=(3, 37, 7))
+    pattern[0, 0] = [0.0, -0.0, 1e-4, -1e-4, 17.0, -17.0, 88.0]
+    pattern_labels = rng.randint(-1, 7, size=(3, 37)).astype(np.float64)
+    rows = rng.randn(2, 3, 5, 29) * 6                    # inner = 145: row layout
+    row_labels = rng.randint(0, 3, size=(2, 5, 29)).astype(np.float64)
+    mask = (rng.rand(2, 1, 9, 13) < 0.3).astype(np.float64)
+    mask[0, 0, 0, :3] = 255
+    soft = rng.rand(3, 11, 5)
+    soft[1, 2, :] = -1
+    probs = rng.uniform(0.0, 1.0, size=(3, 11, 5))
+    cases = []
+    for gamma in (0.0, 1.0, 2.0, 1.5):
+        for norm in ('none', 'mean', 'positive'):
+            cases += [
+                (pattern, pattern_labels, 'sparse', dict(axis=-1, ignore_label=-1, gamma=gamma,
+                                                         normalization=norm, alpha=0.25)),
+                (rows, row_labels, 'sparse', dict(axis=1, background_label=2, gamma=gamma,
+                                                  normalization=norm, alpha=[0.2, 0.5, 0.7])),
+                (rng.randn(2, 1, 9, 13) * 4, mask, 'binary', dict(axis=1, ignore_label=255,
+                                                                  gamma=gamma, normalization=norm)),
+                (rng.randn(3, 11, 5) * 3, soft, 'dense', dict(axis=-1, ignore_label=-1, gamma=gamma,
+                                                              normalization=norm,
+                                                              alpha=[0.1, 0.3, 0.5, 0.7, 0.9])),
+                (probs, soft, 'dense', dict(axis=-1, ignore_label=-1, gamma=gamma,
+                                            normalization=norm, from_sigmoid=True, eps=1e-6)),
+            ]
+    return cases
+
+
+@pytest.mark.parametrize('level', ['avx2', 'avx512'])
+def test_simd_loops_match_scalar_and_reference(level):
+    """Each instruction set's loops (chosen at run time) against the scalar
+    loops (within 1e-6 relative) and the numpy reference."""
+    if kernel.SIMD_LEVELS.index(kernel.cpu_simd_level()) < kernel.SIMD_LEVELS.index(level):
+        pytest.skip('this CPU has no %s (it has %s)' % (level, kernel.cpu_simd_level()))
+    try:
+        for i, (pred, label, mode, attrs) in enumerate(_simd_battery()):
+            assert kernel._limit_simd('scalar') == 'scalar'
+            scalar = run_op(pred, label, mode=mode, **attrs)[:2]
+            assert kernel._limit_simd(level) == level
+            check(pred, label, mode, seed=i, **attrs)
+            simd = run_op(pred, label, mode=mode, **attrs)[:2]
+            for got, want, what in zip(simd, scalar, ('loss', 'grad')):
+                np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * np.abs(want).max(),
+                                           err_msg='%s %s %s %s' % (level, what, mode, attrs))
+    finally:
+        kernel._limit_simd('avx512')
+    assert kernel.simd_level() == kernel.cpu_simd_level()
+
+
 def test_scale_and_batch_axis():
     rng = np.random.RandomState(6)
     pred = rng.randn(6, 4, 3) * 2          # batch axis 1 precedes class axis 2
@@ -216,10 +276,10 @@ def test_threads_agree_and_scalar_path():
         for nt in (1, 2, 1):
             kernel.set_num_threads(nt)
             res.append(run_op(pred, lab, mode='sparse', normalization='positive')[:2])
-        kernel._force_scalar(True)
+        kernel._limit_simd("scalar")
         scalar = run_op(pred, lab, mode='sparse', normalization='positive')[:2]
     finally:
-        kernel._force_scalar(False)
+        kernel._limit_simd("avx512")
         kernel.set_num_threads(0)
     assert kernel.get_num_threads() == kernel.default_num_threads()
     for a, b in zip(res[0], res[1]):
@@ -323,37 +383,137 @@ def test_hybridized_equals_imperative_and_label_grad():
         np.testing.assert_array_equal(a, b)
 
 
-BAD_LABEL_SCRIPT = textwrap.dedent('''
-    import sys, numpy as np, mxnet as mx
+# Each case: (name, pred, label, attrs, what MXNetError must say or None for no
+# error).  Run in a child process: a failed op leaves MXNet's engine holding
+# the exception until exit.
+BAD_VALUE_SCRIPT = textwrap.dedent("""
+    import json, sys, numpy as np, mxnet as mx
     from gluon_focal import kernel
     kernel.load()
-    pred = mx.nd.zeros((2, 3, 4))
-    lab = mx.nd.array(np.array(LABEL))
-    try:
-        out = kernel.fused_focal_loss(mx.nd, pred, lab, mode='sparse', ignore_label=-1,
-                                      background_label=BG)
-        out.wait_to_read()
-    except mx.base.MXNetError as err:
-        print('MXNETERROR', str(err).replace('\\n', ' '))
-        sys.exit(0)
-    print('NO ERROR')
-''')
+    cases = json.loads(sys.stdin.read())
+
+    class Block(mx.gluon.HybridBlock):
+        def __init__(self, attrs):
+            super(Block, self).__init__()
+            self.attrs = attrs
+
+        def hybrid_forward(self, F, x, y):
+            return kernel.fused_focal_loss(F, x, y, grad_add=False, **self.attrs)
+
+    def call(path, pred, label, attrs):
+        x, y = mx.nd.array(pred), mx.nd.array(label)
+        if path == 'forward':
+            return kernel.fused_focal_loss(mx.nd, x, y, **attrs).asnumpy()
+        if path == 'imperative':
+            x.attach_grad()
+            with mx.autograd.record():
+                out = kernel.fused_focal_loss(mx.nd, x, y, grad_add=False, **attrs)
+            out.backward()
+            return x.grad.asnumpy()
+        blk = Block(attrs)
+        blk.hybridize()
+        x.attach_grad()
+        with mx.autograd.record():
+            out = blk(x, y)
+        out.backward()
+        return x.grad.asnumpy()
+
+    results = {}
+    for name, pred, label, attrs, threads in cases:
+        kernel.set_num_threads(threads)
+        for path in ('forward', 'imperative', 'hybridized'):
+            try:
+                out = call(path, np.array(pred), np.array(label), attrs)
+                results[name + '/' + path] = 'OK finite' if np.isfinite(out).all() else 'OK nonfinite'
+            except mx.base.MXNetError as err:
+                results[name + '/' + path] = 'ERROR ' + str(err).replace('\\n', ' ')
+    print(json.dumps(results))
+""")
 
 
-@pytest.mark.parametrize('label,bg,needle', [
-    ([[0, 1, 2], [7, 0, 1]], 'None', 'sparse label value 7 at label position (1, 0)'),
-    ([[0, 1.5, 2], [0, 0, 1]], 'None', 'sparse label value 1.5 at label position (0, 1)'),
-    ([[0, 1, -3], [0, 0, 1]], '9', 'sparse label value -3 at label position (0, 2)'),
-])
-def test_bad_sparse_labels_raise(label, bg, needle):
-    script = BAD_LABEL_SCRIPT.replace('LABEL', repr(label)).replace('BG', bg)
-    proc = subprocess.run([sys.executable, '-c', script], cwd=ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, universal_newlines=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert 'MXNETERROR' in proc.stdout, proc.stdout + proc.stderr[-2000:]
-    assert needle in proc.stdout, proc.stdout
-    assert 'expected an integer in [0, 4)' in proc.stdout
-    assert 'or ignore_label=-1' in proc.stdout
+def _bad_value_cases():
+    nan = float('nan')
+    zeros = np.zeros((2, 3, 4)).tolist()
+    big = np.zeros((2, 5, 3, 4000))           # 120000 elements: threaded, row layout
+    big_label = np.zeros((2, 3, 4000))
+    big_label[1, 2, 3999] = 9                 # last chunk
+    big_label[0, 1, 7] = 5                    # earlier chunk: the one reported
+    mask = np.zeros((1, 1, 4, 6))
+    mask[0, 0, 3, 4] = 255
+    probs = np.full((2, 3), 0.5)
+    probs[1, 2] = 1.5
+    return [
+        ('sparse7', zeros, [[0, 1, 2], [7, 0, 1]], dict(mode='sparse', ignore_label=-1),
+         'sparse label value 7 at position (1, 0) is not a valid class index; '
+         'expected an integer in [0, 4) (or ignore_label=-1)'),
+        ('sparse1.5', zeros, [[0, 1.5, 2], [0, 0, 1]], dict(mode='sparse'),
+         'sparse label value 1.5 at position (0, 1) is not a valid class index'),
+        ('sparse-3', zeros, [[0, 1, -3], [0, 0, 1]],
+         dict(mode='sparse', ignore_label=-1, background_label=9),
+         'sparse label value -3 at position (0, 2) is not a valid class index; '
+         'expected an integer in [0, 4) (or ignore_label=-1, background_label=9)'),
+        ('sparse_nan', zeros, [[0, 1, 2], [0, nan, 1]], dict(mode='sparse'),
+         'sparse label value nan at position (1, 1)'),
+        ('sparse_ok', zeros, [[0, -1, 3], [9, 0, 1]],
+         dict(mode='sparse', ignore_label=-1, background_label=9), None),
+        ('sparse_rows_first_of_two', big.tolist(), big_label.tolist(),
+         dict(mode='sparse', axis=1), 'sparse label value 5 at position (0, 1, 7)'),
+        ('binary255', np.zeros((1, 1, 4, 6)).tolist(), mask[:, 0].tolist(),
+         dict(mode='binary', axis=1),
+         'gluon_focal_loss: label value 255 at position (0, 3, 4) is outside the binary label '
+         'mode; expected 0 or 1 (or ignore_label)'),
+        ('binary_half', zeros, (np.ones((2, 3, 4)) * 0.5).tolist(), dict(mode='binary'),
+         'label value 0.5 at position (0, 0, 0) is outside the binary label mode'),
+        ('binary_ignored', np.zeros((1, 1, 4, 6)).tolist(), mask[:, 0].tolist(),
+         dict(mode='binary', axis=1, ignore_label=255), None),
+        ('dense1.5', zeros, np.full((2, 3, 4), 0.25).tolist() , dict(mode='dense'), None),
+        ('dense_out', zeros, [[[0, 0, 0, 0]] * 3, [[0, 0, 1.5, 0]] * 3], dict(mode='dense'),
+         'label value 1.5 at position (1, 0, 2) is outside the dense label mode; '
+         'expected a target in [0, 1]'),
+        ('dense_nan', zeros, [[[0, 0, 0, 0]] * 3, [[0, nan, 0, 0]] * 3],
+         dict(mode='dense', ignore_label=-1),
+         'label value nan at position (1, 0, 1) is outside the dense label mode; expected a '
+         'target in [0, 1] (or ignore_label=-1)'),
+        ('pred1.5', probs.tolist(), [[0, 1, 0], [1, 0, 1]],
+         dict(mode='dense', from_sigmoid=True),
+         'pred value 1.5 at position (1, 2) is not a probability; expected a value in [0, 1]'),
+        ('pred_nan', [[0.5, nan, 0.5], [0.5, 0.5, 0.5]], [[0, 1, 0], [1, 0, 1]],
+         dict(mode='dense', from_sigmoid=True), 'pred value nan at position (0, 1)'),
+        ('pred_ignored', probs.tolist(), [[0, 1, 0], [1, 0, -1]],
+         dict(mode='dense', from_sigmoid=True, ignore_label=-1), None),
+    ]
+
+
+def test_bad_values_raise_on_every_path():
+    """validate=1 (default): the first bad label / probability in array order
+    raises MXNetError naming the argument, the value, its position and what
+    was expected, on the raw forward, under autograd and hybridized, at 1 and
+    2 threads; validate=0 turns the checks off; a message never repeats an
+    earlier call's."""
+    cases, expected = [], {}
+    for name, pred, label, attrs, needle in _bad_value_cases():
+        for threads in (1, 2):
+            cases.append(('%s@%d' % (name, threads), pred, label, attrs, threads))
+            expected['%s@%d' % (name, threads)] = needle
+            if needle is not None:
+                off = dict(attrs, validate=False)
+                cases.append(('%s@%d/off' % (name, threads), pred, label, off, threads))
+                expected['%s@%d/off' % (name, threads)] = 'no error'
+    proc = subprocess.run([sys.executable, '-c', BAD_VALUE_SCRIPT], input=json.dumps(cases),
+                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name, needle in expected.items():
+        for path in ('forward', 'imperative', 'hybridized'):
+            got = results[name + '/' + path]
+            if needle is None:
+                assert got == 'OK finite', (name, path, got)
+            elif needle == 'no error':   # unchecked NaN labels may give NaN
+                assert got.startswith('OK'), (name, path, got)
+            else:
+                assert got.startswith('ERROR') and needle in got, (name, path, needle, got)
+                assert got.count('gluon_focal_loss: ') == 1, (name, path, got)
 
 
 def test_attribute_and_shape_errors():
@@ -366,6 +526,23 @@ def test_attribute_and_shape_errors():
         mx.nd.gluon_focal_loss(x, x, normalization='avg').wait_to_read()
     with pytest.raises(ValueError):
         kernel.op_attrs(normalization='avg')
+
+
+def test_layout_problem_is_the_kernels_own_decision():
+    """kernel.layout_problem asks the library, and the op refuses exactly
+    those layouts with the same sentence."""
+    assert kernel.layout_problem(3, 2, 1, 'sparse', False, 'mean') is None
+    assert kernel.layout_problem(3, 1, 2, 'sparse', False, 'none') is None
+    assert kernel.layout_problem(3, 1, 2, 'dense', False, 'mean') is None   # axis irrelevant
+    why = kernel.layout_problem(3, 1, 2, 'dense', True, 'sum')             # per-class alpha
+    assert why is not None and 'batch_axis (2) must come before the class axis (1)' in why
+    why = kernel.layout_problem(3, 1, 2, 'sparse', False, 'mean')
+    assert why is not None
+    x = mx.nd.zeros((2, 3, 4))
+    with pytest.raises(mx.base.MXNetError) as err:
+        kernel.fused_focal_loss(mx.nd, x, mx.nd.zeros((2, 4)), mode='sparse', axis=1,
+                                batch_axis=2).wait_to_read()
+    assert why in str(err.value)
 
 
 EXPORT_SCRIPT = textwrap.dedent('''

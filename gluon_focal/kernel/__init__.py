@@ -1,7 +1,7 @@
 """Loader and Python front-end of the fused ``gluon_focal_loss`` operator.
 
 The operator is a C++ MXNet extension library (``libgluon_focal_op.so``, built
-from ``focal_loss_op.cc`` by the package's setup.py or by
+from the sources next to this file by the package's setup.py or by
 ``python -m gluon_focal.kernel.build``).  :func:`load` registers it with MXNet
 (``mx.nd.gluon_focal_loss`` / ``mx.sym.gluon_focal_loss``).
 
@@ -10,9 +10,11 @@ Operator contract (all attributes are strings; :func:`op_attrs` builds them):
 =================  ===========================================================
 ``mode``           ``dense``: label has pred's shape, or pred's shape without
                    ``axis`` when that axis has size 1 (N x H x W masks for
-                   N x 1 x H x W pred).  ``sparse``: label has pred's shape
-                   without ``axis``; values are class indices in [0, C).
-                   Labels may be float16/32/64, uint8, int8, int32, int64.
+                   N x 1 x H x W pred); targets in [0, 1].  ``binary``: the
+                   same shapes, targets exactly 0 or 1.  ``sparse``: label has
+                   pred's shape without ``axis``; values are class indices in
+                   [0, C).  Labels may be float16/32/64, uint8, int8, int32,
+                   int64.
 ``axis``           class axis (may be negative).
 ``batch_axis``     sample axis for the reductions (default 0).  Must precede
                    ``axis`` when normalization != none, except for dense
@@ -35,10 +37,21 @@ Operator contract (all attributes are strings; :func:`op_attrs` builds them):
                    (sum / max(1, sum over the whole batch of target*valid));
                    reduced outputs have shape (B,).
 ``scale``          multiplies the output (Gluon's ``weight``).
+``validate``       ``1`` (default): every value the kernel reads is checked
+                   and the first bad one, in array order, raises
+                   ``MXNetError`` ("gluon_focal_loss: label value 255 at
+                   position (0, 3, 4) is outside the binary label mode;
+                   expected 0 or 1 (or ignore_label)"): sparse labels that
+                   are not an integer in [0, C), dense targets outside
+                   [0, 1], binary targets other than 0 and 1 (NaN included;
+                   ignore_label and background_label excepted), and with
+                   from_sigmoid=1 probabilities of counted elements outside
+                   [0, 1].  ``0``: no checks (such values give unspecified
+                   but finite results).
 =================  ===========================================================
 
-Invalid sparse labels (non-integer or outside [0, C) and not ignore /
-background) raise ``MXNetError`` naming the value, its position and the range.
+Layouts: :func:`layout_problem` says whether the kernel takes an axis
+layout (the library decides; the loss asks it).
 
 Threads: default = MXNet's own operator thread count (see
 :func:`default_num_threads`); override with ``GLUON_FOCAL_NUM_THREADS`` or
@@ -59,7 +72,8 @@ import threading
 
 __all__ = ['load', 'available', 'unavailable_reason', 'library_path', 'op_attrs',
            'fused_focal_loss', 'set_num_threads', 'get_num_threads',
-           'default_num_threads', 'simd_level', 'needs_grad_add', 'OP_NAME', 'GRAPH_NODE_NAME']
+           'default_num_threads', 'simd_level', 'cpu_simd_level', 'layout_problem',
+           'needs_grad_add', 'OP_NAME', 'GRAPH_NODE_NAME']
 
 OP_NAME = 'gluon_focal_loss'
 LIB_NAME = 'libgluon_focal_op.so'
@@ -106,6 +120,9 @@ def load():
         except Exception as err:  # pragma: no cover - depends on the machine
             _state['reason'] = 'loading %s failed: %s' % (path, err)
             raise
+        for name in ('gluon_focal_simd_level', 'gluon_focal_cpu_simd_level',
+                     'gluon_focal_limit_simd_level'):
+            getattr(_state['cdll'], name).restype = ctypes.c_char_p
         _state['loaded'] = True
         _state['reason'] = None
         return True
@@ -153,14 +170,39 @@ def default_num_threads():
     return int(_lib().gluon_focal_default_num_threads())
 
 
+SIMD_LEVELS = ('scalar', 'avx2', 'avx512')
+
+
 def simd_level():
-    """'avx2' when the AVX2/FMA/F16C kernels are in use, else 'scalar'."""
-    return 'avx2' if _lib().gluon_focal_simd_level() == 2 else 'scalar'
+    """The loops in use: 'avx512', 'avx2' or 'scalar' (chosen at run time)."""
+    return _lib().gluon_focal_simd_level().decode()
 
 
-def _force_scalar(on):
-    """Testing hook: use the portable scalar kernels even on AVX2 CPUs."""
-    _lib().gluon_focal_force_scalar(1 if on else 0)
+def cpu_simd_level():
+    """The best loops this CPU runs: 'avx512', 'avx2' or 'scalar'."""
+    return _lib().gluon_focal_cpu_simd_level().decode()
+
+
+def _limit_simd(level):
+    """Testing hook: use loops of at most ``level`` (one of SIMD_LEVELS);
+    'avx512' lifts the limit.  Returns the level now in use."""
+    return _lib().gluon_focal_limit_simd_level(SIMD_LEVELS.index(level)).decode()
+
+
+def layout_problem(ndim, axis, batch_axis, label_mode, per_class_alpha, normalization):
+    """None when the kernel takes this layout, else why not (a sentence).
+
+    The kernel reduces per sample only when the batch axis comes before the
+    class axis, unless the class axis does not matter (dense or binary labels
+    with one alpha); normalization='none' takes any layout.  The library
+    decides; this asks it."""
+    why = ctypes.create_string_buffer(512)
+    class_axis_matters = label_mode == 'sparse' or bool(per_class_alpha)
+    if _lib().gluon_focal_layout_problem(int(ndim), int(axis), int(batch_axis),
+                                         int(class_axis_matters), int(normalization != 'none'),
+                                         why, len(why)):
+        return why.value.decode()
+    return None
 
 
 def _fmt_num(v):
@@ -172,14 +214,14 @@ def _fmt_num(v):
 
 def op_attrs(mode=None, axis=-1, batch_axis=0, gamma=2.0, alpha=0.25,
              from_sigmoid=False, eps=1e-12, ignore_label=None, background_label=None,
-             normalization='mean', scale=1.0, label_mode=None):
+             normalization='mean', scale=1.0, label_mode=None, validate=True):
     """Build the operator's string attributes from Python values
     (``mode`` and ``label_mode`` are aliases; default 'dense')."""
     if mode is not None and label_mode is not None and mode != label_mode:
         raise ValueError('mode=%r and label_mode=%r disagree' % (mode, label_mode))
     label_mode = mode or label_mode or 'dense'
-    if label_mode not in ('dense', 'sparse'):
-        raise ValueError("label_mode must be 'dense' or 'sparse', got %r" % (label_mode,))
+    if label_mode not in ('dense', 'sparse', 'binary'):
+        raise ValueError("label_mode must be 'dense', 'sparse' or 'binary', got %r" % (label_mode,))
     if normalization not in _NORMALIZATIONS:
         raise ValueError('normalization must be one of %s, got %r'
                          % (_NORMALIZATIONS, normalization))
@@ -204,6 +246,7 @@ def op_attrs(mode=None, axis=-1, batch_axis=0, gamma=2.0, alpha=0.25,
         'background_label': 'none' if background_label is None else _fmt_num(background_label),
         'normalization': normalization,
         'scale': _fmt_num(scale),
+        'validate': '1' if validate else '0',
     }
 
 
@@ -226,7 +269,7 @@ def fused_focal_loss(F, pred, label, grad_add='auto', **attrs):
 
     ``attrs`` are Python values accepted by :func:`op_attrs` (mode, axis,
     batch_axis, gamma, alpha, from_sigmoid, eps, ignore_label,
-    background_label, normalization, scale).
+    background_label, normalization, scale, validate).
 
     ``grad_add``: extension-library ops never see MXNet's ``req`` and always
     *overwrite* the gradient buffer they are given, so with

@@ -6,14 +6,12 @@ and for in-place development rebuilds::
     python -m gluon_focal.kernel.build            # rebuild next to the sources
     python -m gluon_focal.kernel.build --out DIR  # build elsewhere
 
-Needs a C++11 compiler (``$CXX`` or g++/c++/clang++) and the headers shipped
+Needs a C++14 compiler (``$CXX`` or g++/c++/clang++) and the headers shipped
 in the installed mxnet wheel (``mxnet/include/mxnet/lib_api.h`` and
-``mxnet/src/lib_api.cc``).  The AVX2/FMA/F16C kernels are compiled through
-target pragmas and picked at run time, so the library is portable across
-x86-64 CPUs; no ``-march=native``.  Threads come from a small std::thread work
-pool in the library (``-pthread``); ``-fopenmp`` is passed when the compiler
-supports it (only for ``omp_get_num_procs``), else the library is built
-without it, still multi-threaded.
+``mxnet/src/lib_api.cc``).  Each source is compiled on its own; the per-ISA
+loops (``loops_avx2.cc``, ``loops_avx512.cc``) get their instruction-set flags
+and are called only on CPUs that have them, so the library runs on any x86-64
+CPU (no ``-march=native``).  Threads come from the library's own pool.
 
 This module must not import mxnet or the package (setup.py imports it by path).
 """
@@ -28,9 +26,15 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LIB_NAME = 'libgluon_focal_op.so'
-SOURCES = ['focal_loss_op.cc']
-HEADERS = ['focal_math.h', 'focal_elem.inc', 'focal_cpu.inc', 'focal_driver.inc', 'simd_avx2.h',
-           'focal_fast_avx2.inc']
+COMMON_SOURCES = ['operator.cc', 'attributes.cc', 'plan.cc', 'compute.cc', 'thread_pool.cc',
+                  'errors.cc', 'simd_dispatch.cc', 'loops_scalar.cc']
+# per-ISA loops: source -> flags (x86 only)
+ISA_SOURCES = {
+    'loops_avx2.cc': ['-mavx2', '-mfma', '-mf16c'],
+    # GCC 12's AVX-512 intrinsics trip -Wmaybe-uninitialized on their own internals
+    'loops_avx512.cc': ['-mavx512f', '-mavx512bw', '-mavx512dq', '-mavx512vl', '-mavx2', '-mfma',
+                        '-mf16c', '-Wno-uninitialized', '-Wno-maybe-uninitialized'],
+}
 
 
 class BuildError(RuntimeError):
@@ -90,17 +94,43 @@ def find_compiler():
     raise BuildError('no C++ compiler found (set CXX or install g++)')
 
 
-def compile_command(cxx, mx_dir, out_path, openmp=True):
-    cmd = cxx.split() + [
-        '-std=c++14', '-O3', '-fPIC', '-shared', '-ffp-contract=fast',
-        '-fno-math-errno', '-pthread', '-Wall', '-Wno-unused-function',
-        '-I' + os.path.join(mx_dir, 'include'), '-I' + HERE,
-    ]
-    if openmp:
-        cmd.append('-fopenmp')
-    cmd += [os.path.join(HERE, s) for s in SOURCES]
-    cmd += [os.path.join(mx_dir, 'src', 'lib_api.cc'), '-o', out_path]
-    return cmd
+def _is_x86():
+    import platform
+    return platform.machine().lower() in ('x86_64', 'amd64', 'i386', 'i686')
+
+
+def compile_commands(cxx, mx_dir, obj_dir):
+    """(object path, command) for every source, lib_api.cc included."""
+    base = cxx.split() + ['-std=c++14', '-O3', '-fPIC', '-ffp-contract=fast', '-fno-math-errno',
+                          '-pthread', '-Wall', '-I' + os.path.join(mx_dir, 'include'), '-I' + HERE]
+    sources = [(os.path.join(HERE, s), []) for s in COMMON_SOURCES]
+    if _is_x86():
+        sources += [(os.path.join(HERE, s), flags) for s, flags in sorted(ISA_SOURCES.items())]
+    sources.append((os.path.join(mx_dir, 'src', 'lib_api.cc'), []))
+    jobs = []
+    for src, flags in sources:
+        obj = os.path.join(obj_dir, os.path.basename(src) + '.o')
+        jobs.append((obj, base + flags + ['-c', src, '-o', obj]))
+    return jobs
+
+
+def _run_parallel(jobs, log, verbose):
+    """Run the compile commands, at most os.cpu_count() at a time; returns the
+    output of the failed ones."""
+    errors, running, pending = [], [], list(jobs)
+    width = max(1, os.cpu_count() or 1)
+    while pending or running:
+        while pending and len(running) < width:
+            cmd = pending.pop(0)
+            if verbose:
+                log('gluon_focal: ' + ' '.join(cmd))
+            running.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                             universal_newlines=True))
+        proc = running.pop(0)
+        out, _ = proc.communicate()
+        if proc.returncode != 0:
+            errors.append(out[-4000:])
+    return errors
 
 
 def build(out_dir=None, verbose=True, log=None):
@@ -117,29 +147,27 @@ def build(out_dir=None, verbose=True, log=None):
     mx_dir = find_mxnet_dir()
     cxx = find_compiler()
     target = os.path.join(out_dir, LIB_NAME)
-    fd, tmp = tempfile.mkstemp(prefix='.' + LIB_NAME, suffix='.so', dir=out_dir)
-    os.close(fd)
-    errors = []
-    try:
-        for openmp in (True, False):
-            cmd = compile_command(cxx, mx_dir, tmp, openmp=openmp)
-            if verbose:
-                log('gluon_focal: ' + ' '.join(cmd))
-            proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  universal_newlines=True)
-            if proc.returncode == 0:
-                if not openmp:
-                    log('gluon_focal: built without OpenMP (threads still come from the std::thread pool)')
-                umask = os.umask(0)
-                os.umask(umask)
-                os.chmod(tmp, 0o755 & ~umask)
-                os.replace(tmp, target)
-                return target
-            errors.append(proc.stdout[-4000:])
-        raise BuildError('compiling the fused focal-loss operator failed:\n' + '\n'.join(errors))
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with tempfile.TemporaryDirectory(prefix='gluon_focal_build_') as obj_dir:
+        jobs = compile_commands(cxx, mx_dir, obj_dir)
+        errors = _run_parallel([cmd for _, cmd in jobs], log, verbose)
+        if errors:
+            raise BuildError('compiling the fused focal-loss operator failed:\n' + '\n'.join(errors))
+        tmp = os.path.join(obj_dir, LIB_NAME)
+        link = cxx.split() + ['-shared', '-pthread'] + [obj for obj, _ in jobs] + ['-o', tmp]
+        if verbose:
+            log('gluon_focal: ' + ' '.join(link))
+        proc = subprocess.run(link, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              universal_newlines=True)
+        if proc.returncode != 0:
+            raise BuildError('linking the fused focal-loss operator failed:\n' + proc.stdout[-4000:])
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o755 & ~umask)
+        staged = os.path.join(out_dir, '.' + LIB_NAME + '.%d' % os.getpid())
+        shutil.copyfile(tmp, staged)
+        os.chmod(staged, 0o755 & ~umask)
+        os.replace(staged, target)   # atomic: a concurrent loader sees the old or the new file
+    return target
 
 
 def main(argv=None):

@@ -1,159 +1,174 @@
 /*
- * gluon-focal: per-element sigmoid focal loss math.
+ * The per-element sigmoid focal loss and its gradient, written once over the
+ * vector type S and instantiated by every instruction set's loops.
  *
- * Everything in this header is pure per-element arithmetic written against a
- * tiny set of primitives (vexp, vlog, vlog1p01, vselect, ...).  The CPU
- * kernel instantiates it with V = float / double (scalar) and with an AVX2
- * 8-lane wrapper; a CUDA twin would instantiate it with V = float and
- * GF_HD = __host__ __device__ (the scalar primitives below use only
- * arithmetic and bit casts, no libc calls for float).
- *
- * Semantics follow tests/reference.py (Lin et al. 2017, eq. 5, generalised to
- * soft targets):
- *   p = sigmoid(x) (or clip(x, eps, 1-eps) when from_sigmoid), q = 1 - p
- *   ce = -(t log p + (1-t) log q),  m = 1 - p_t = t q + (1-t) p
- *   FL = a_t m^gamma ce,            a_t = a t + (1-a)(1-t)
- * Logits are handled in the overflow-free log-sigmoid form; q is sigmoid(-x),
- * never 1 - sigmoid(x).  Gradients are the exact derivatives, written in the
- * log domain where powers could overflow.
+ * Lin et al. 2017, eq. 5, generalised to soft targets t (as tests/reference.py):
+ *   p = sigmoid(x) (logits) or clip(x, eps, 1 - eps) (from_sigmoid), q = 1 - p
+ *   ce = -(t log p + (1 - t) log q)      cross entropy
+ *   m  = t q + (1 - t) p = 1 - p_t       the modulating base
+ *   FL = alpha_t m^gamma ce
+ * Logits never form 1 - sigmoid(x): with e = exp(-|x|), sigmoid(|x|) =
+ * 1/(1+e), sigmoid(-|x|) = e/(1+e) and log sigmoid(x) = -(max(-x, 0) + log1p(e)).
+ * Every value below is the exact loss or derivative, written so that nothing
+ * overflows for finite x.
  */
 #ifndef GLUON_FOCAL_FOCAL_MATH_H_
 #define GLUON_FOCAL_FOCAL_MATH_H_
 
-#include <cstdint>
-#include <cstring>
-#include <cmath>
-
-#ifndef GF_HD
-#define GF_HD
-#endif
-#define GF_INLINE GF_HD inline __attribute__((always_inline))
+#include "chunk_kernels.h"
+#include "fast_math.h"
 
 namespace gluon_focal {
 
-// gamma specialisations: 0 (plain BCE), 1, 2 (RetinaNet default), general.
-enum GammaMode { kGamma0 = 0, kGamma1 = 1, kGamma2 = 2, kGammaAny = 3 };
+// What every logit term is made of, with e = exp(-|x|): the loops compute
+// the three in separate passes over a block of vectors (short, independent
+// dependency chains instead of one long one per vector).
+template <class S>
+struct SigmoidParts {
+  typename S::V e;             // exp(-|x|)
+  typename S::V sigmoid_abs;   // sigmoid(|x|) = 1 / (1 + e)
+  typename S::V log1p_e;       // log(1 + e)
+};
 
-/* ------------------------------------------------------------------ */
-/* scalar primitives                                                   */
-/* ------------------------------------------------------------------ */
-GF_INLINE float gf_bits_to_float(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
-GF_INLINE uint32_t gf_float_to_bits(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
+template <class S>
+inline typename S::V exp_neg_abs(typename S::V x) { return exp_neg<S>(S::abs(x)); }
 
-// exp(x) for float, ~1 ulp on [-104, 88.7], gradual underflow, NaN propagates.
-GF_INLINE float gf_expf(float x) {
-  if (!(x == x)) return x;
-  float xc = x < -104.0f ? -104.0f : x;
-  xc = xc > 88.7228f ? 88.7228f : xc;
-  float n = std::nearbyint(xc * 1.44269504088896341f);
-  float r = xc - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float y = 1.9875691500E-4f;
-  y = y * r + 1.3981999507E-3f;
-  y = y * r + 8.3334519073E-3f;
-  y = y * r + 4.1665795894E-2f;
-  y = y * r + 1.6666665459E-1f;
-  y = y * r + 5.0000001201E-1f;
-  y = y * (r * r) + r + 1.0f;
-  int ni = static_cast<int>(n);
-  int n1 = ni >> 1;         // floor(n/2)
-  int n2 = ni - n1;
-  y = y * gf_bits_to_float(static_cast<uint32_t>(n1 + 127) << 23);
-  return y * gf_bits_to_float(static_cast<uint32_t>(n2 + 127) << 23);
+template <class S>
+inline SigmoidParts<S> sigmoid_parts(typename S::V e) {
+  return SigmoidParts<S>{e, S::reciprocal(S::add(S::splat(1), e)), log1p_unit<S>(e)};
 }
 
-// Cephes logf polynomial: log(1+f) - f + f^2/2 for f in [sqrt(.5)-1, sqrt(2)-1]
-GF_INLINE float gf_log_poly(float f) {
-  float z = f * f;
-  float y = 7.0376836292E-2f;
-  y = y * f + -1.1514610310E-1f;
-  y = y * f + 1.1676998740E-1f;
-  y = y * f + -1.2420140846E-1f;
-  y = y * f + 1.4249322787E-1f;
-  y = y * f + -1.6668057665E-1f;
-  y = y * f + 2.0000714765E-1f;
-  y = y * f + -2.4999993993E-1f;
-  y = y * f + 3.3333331174E-1f;
-  y = y * f * z;
-  return y - 0.5f * z;
-}
-
-// natural log for float x >= 0 (denormals handled), log(0) = -inf.
-GF_INLINE float gf_logf(float x) {
-  if (!(x > 0.0f)) return x == 0.0f ? -INFINITY : NAN;
-  if (x == INFINITY) return x;
-  float e_adj = 0.0f;
-  if (x < 1.17549435e-38f) { x *= 8388608.0f; e_adj = -23.0f; }
-  uint32_t u = gf_float_to_bits(x);
-  float e = static_cast<float>(static_cast<int>((u >> 23) & 0xff) - 126) + e_adj;
-  float m = gf_bits_to_float((u & 0x7fffffu) | 0x3f000000u);  // [0.5, 1)
-  if (m < 0.707106781186547524f) { e -= 1.0f; m = m + m - 1.0f; } else { m = m - 1.0f; }
-  float y = gf_log_poly(m);
-  y = y + e * -2.12194440e-4f;
-  return m + y + e * 0.693359375f;
-}
-
-// log(1 + e) for e in [0, 1] (the softplus tail), accurate for tiny e.
-GF_INLINE float gf_log1p01f(float e) {
-  bool hi = e >= 0.414213562373095f;
-  float f = hi ? (e - 1.0f) * 0.5f : e;   // 1+e = 2 (1+f)
-  float k = hi ? 1.0f : 0.0f;
-  float y = f + gf_log_poly(f);
-  return y + k * -2.12194440e-4f + k * 0.693359375f;
-}
-
-/* primitives overloaded per vector type.  scalar float / double: */
-GF_INLINE float vexp(float x) { return gf_expf(x); }
-GF_INLINE float vlog(float x) { return gf_logf(x); }
-GF_INLINE float vlog1p01(float x) { return gf_log1p01f(x); }
-GF_INLINE float vmax(float a, float b) { return a > b ? a : b; }
-GF_INLINE float vmin(float a, float b) { return a < b ? a : b; }
-GF_INLINE float vabs(float a) { return std::fabs(a); }
-GF_INLINE float vselect(bool m, float a, float b) { return m ? a : b; }
-template <class V> GF_INLINE V vconst(float f) { return static_cast<V>(f); }
-
-GF_INLINE double vexp(double x) { return std::exp(x); }
-GF_INLINE double vlog(double x) { return std::log(x); }
-GF_INLINE double vlog1p01(double x) { return std::log1p(x); }
-GF_INLINE double vmax(double a, double b) { return a > b ? a : b; }
-GF_INLINE double vmin(double a, double b) { return a < b ? a : b; }
-GF_INLINE double vabs(double a) { return std::fabs(a); }
-GF_INLINE double vselect(bool m, double a, double b) { return m ? a : b; }
-
-GF_INLINE bool mask_ge(float a, float b) { return a >= b; }
-GF_INLINE bool mask_eq(float a, float b) { return a == b; }
-GF_INLINE bool mask_ge(double a, double b) { return a >= b; }
-GF_INLINE bool mask_eq(double a, double b) { return a == b; }
-GF_INLINE bool mask_and(bool a, bool b) { return a && b; }
-
-/* ------------------------------------------------------------------ */
-/* IEEE half <-> float in software (no F16C needed)                     */
-/* ------------------------------------------------------------------ */
-GF_INLINE float gf_half_to_float(uint16_t h) {
-  uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  uint32_t ex = (h >> 10) & 0x1fu;
-  uint32_t mant = h & 0x3ffu;
-  if (ex == 0) {
-    float v = static_cast<float>(mant) * 5.9604644775390625e-8f;  // 2^-24
-    return sign ? -v : v;
+// Logits with targets in {0, 1}.  The loss of a positive at x is the loss of
+// a negative at z = -x, so everything is computed for z and the gradient's
+// sign flipped back:
+//   m = sigmoid(z), ce = softplus(z), FL = alpha_t m^gamma ce,
+//   dFL/dz = alpha_t m^gamma (gamma (1 - m) ce + m),  dFL/dx = +-dFL/dz.
+// m^gamma is exp(-gamma softplus(-z)) for a general gamma (one more exp, no log).
+template <class S, Pass kPass, GammaKind kGamma>
+inline typename S::V focal_logits_hard_targets(typename S::V x, const SigmoidParts<S>& parts,
+                                               typename S::M positive, typename S::V alpha_t,
+                                               typename S::V gamma) {
+  typedef typename S::V V;
+  typedef typename S::M M;
+  const V zero = S::splat(0);
+  const V sigmoid_abs = parts.sigmoid_abs, log1p_e = parts.log1p_e;
+  const V sigmoid_neg_abs = S::mul(parts.e, sigmoid_abs);
+  V z = S::negate_if(positive, x);
+  M z_negative = S::sign_bit(z);
+  V m = S::select(z_negative, sigmoid_neg_abs, sigmoid_abs);
+  V ce = S::add(S::max(z, zero), log1p_e);
+  V modulator;
+  if (kGamma == GammaKind::kOne) modulator = m;
+  else if (kGamma == GammaKind::kTwo) modulator = S::mul(m, m);
+  else if (kGamma == GammaKind::kAny)
+    modulator = exp_neg<S>(S::mul(gamma, S::add(S::max(S::sub(zero, z), zero), log1p_e)));
+  if (kPass == Pass::kForward) {
+    if (kGamma == GammaKind::kZero) return S::mul(alpha_t, ce);
+    return S::mul(S::mul(alpha_t, modulator), ce);
   }
-  if (ex == 31) return gf_bits_to_float(sign | 0x7f800000u | (mant << 13));
-  return gf_bits_to_float(sign | ((ex + 112u) << 23) | (mant << 13));
+  V d_dz;
+  if (kGamma == GammaKind::kZero) {
+    d_dz = S::mul(alpha_t, m);
+  } else {
+    V one_minus_m = S::select(z_negative, sigmoid_abs, sigmoid_neg_abs);
+    V gamma_one_minus_m;
+    if (kGamma == GammaKind::kOne) gamma_one_minus_m = one_minus_m;
+    else if (kGamma == GammaKind::kTwo) gamma_one_minus_m = S::add(one_minus_m, one_minus_m);
+    else gamma_one_minus_m = S::mul(gamma, one_minus_m);
+    d_dz = S::mul(S::mul(alpha_t, modulator), S::fma(gamma_one_minus_m, ce, m));
+  }
+  return S::negate_if(positive, d_dz);
 }
 
-GF_INLINE uint16_t gf_float_to_half(float x) {
-  uint32_t f = gf_float_to_bits(x);
-  uint32_t sign = (f >> 16) & 0x8000u;
-  f &= 0x7fffffffu;
-  if (f >= 0x7f800000u) return static_cast<uint16_t>(sign | (f > 0x7f800000u ? 0x7e00u : 0x7c00u));
-  if (f >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);   // rounds to inf
-  if (f < 0x38800000u) {  // half subnormal / zero: let the FPU round to 2^-24
-    float t = gf_bits_to_float(f) + 0.5f;
-    return static_cast<uint16_t>(sign | (gf_float_to_bits(t) - 0x3f000000u));
+// log m where m = t q + (1 - t) p, exact (log p, log q) where t is 0 or 1.
+template <class S>
+inline typename S::V log_modulating_base(typename S::V t, typename S::V m, typename S::V log_p,
+                                         typename S::V log_q) {
+  return S::select(S::eq(t, S::splat(0)), log_p,
+                   S::select(S::eq(t, S::splat(1)), log_q, log_nonnegative<S>(m)));
+}
+
+// Logits with soft targets t in [0, 1].
+template <class S, Pass kPass, GammaKind kGamma>
+inline typename S::V focal_logits_soft_targets(typename S::V x, const SigmoidParts<S>& parts,
+                                               typename S::V t, typename S::V alpha_t,
+                                               typename S::V gamma) {
+  typedef typename S::V V;
+  const V zero = S::splat(0), one = S::splat(1);
+  const V sigmoid_abs = parts.sigmoid_abs, log1p_e = parts.log1p_e;
+  const V sigmoid_neg_abs = S::mul(parts.e, sigmoid_abs);
+  typename S::M x_negative = S::sign_bit(x);
+  V p = S::select(x_negative, sigmoid_neg_abs, sigmoid_abs);
+  V q = S::select(x_negative, sigmoid_abs, sigmoid_neg_abs);
+  V relu = S::max(x, zero), neg_relu = S::max(S::sub(zero, x), zero);
+  V one_minus_t = S::sub(one, t);
+  V ce = S::fma(t, neg_relu, S::fma(one_minus_t, relu, log1p_e));
+  V m = S::fma(t, q, S::mul(one_minus_t, p));
+  V log_p = S::sub(zero, S::add(neg_relu, log1p_e));
+  V log_q = S::sub(zero, S::add(relu, log1p_e));
+  V log_m = zero, modulator = one;
+  if (kGamma == GammaKind::kOne) modulator = m;
+  else if (kGamma == GammaKind::kTwo) modulator = S::mul(m, m);
+  else if (kGamma == GammaKind::kAny) {
+    log_m = log_modulating_base<S>(t, m, log_p, log_q);
+    modulator = exp_neg<S>(S::sub(zero, S::mul(gamma, log_m)));
   }
-  uint32_t odd = (f >> 13) & 1u;
-  f += 0xc8000fffu + odd;  // rebias exponent, round to nearest even
-  return static_cast<uint16_t>(sign | (f >> 13));
+  if (kPass == Pass::kForward) return S::mul(S::mul(alpha_t, ce), modulator);
+  V p_minus_t = S::fnma(t, q, S::mul(p, one_minus_t));   // p - t without cancellation
+  if (kGamma == GammaKind::kZero) return S::mul(alpha_t, p_minus_t);
+  V one_minus_2t = S::sub(one_minus_t, t);
+  V ce_slope = S::mul(ce, one_minus_2t);                  // ce (1 - 2t)
+  V g;
+  if (kGamma == GammaKind::kOne) {
+    g = S::fma(p_minus_t, m, S::mul(ce_slope, S::mul(p, q)));
+  } else if (kGamma == GammaKind::kTwo) {
+    V two_m_pq = S::mul(S::add(m, m), S::mul(p, q));
+    g = S::fma(p_minus_t, S::mul(m, m), S::mul(ce_slope, two_m_pq));
+  } else {
+    // gamma m^(gamma-1) p q, <= gamma by construction: never overflows
+    V m_pow_pq = exp_neg<S>(S::sub(zero, S::fma(S::sub(gamma, one), log_m, S::add(log_p, log_q))));
+    g = S::fma(p_minus_t, modulator, S::mul(S::mul(gamma, ce_slope), m_pow_pq));
+  }
+  return S::mul(alpha_t, g);
+}
+
+// Probabilities (from_sigmoid) with targets in [0, 1]; zero gradient where
+// the clip is active.
+template <class S, Pass kPass, GammaKind kGamma>
+inline typename S::V focal_probabilities(typename S::V x, typename S::V t, typename S::V alpha_t,
+                                         typename S::V gamma, typename S::V eps,
+                                         typename S::V one_minus_eps) {
+  typedef typename S::V V;
+  const V zero = S::splat(0), one = S::splat(1);
+  V one_minus_x = S::sub(one, x);
+  V p = S::min(S::max(x, eps), one_minus_eps);
+  V q = S::min(S::max(one_minus_x, eps), one_minus_eps);
+  V log_p = log_nonnegative<S>(p), log_q = log_nonnegative<S>(q);
+  V one_minus_t = S::sub(one, t);
+  V ce = S::sub(zero, S::fma(t, log_p, S::mul(one_minus_t, log_q)));
+  V m = S::fma(t, q, S::mul(one_minus_t, p));
+  V log_m = zero, modulator = one;
+  if (kGamma == GammaKind::kOne) modulator = m;
+  else if (kGamma == GammaKind::kTwo) modulator = S::mul(m, m);
+  else if (kGamma == GammaKind::kAny) {
+    log_m = log_modulating_base<S>(t, m, log_p, log_q);
+    modulator = exp_neg<S>(S::sub(zero, S::mul(gamma, log_m)));
+  }
+  if (kPass == Pass::kForward) return S::mul(S::mul(alpha_t, ce), modulator);
+  V d_ce = S::sub(S::div(one_minus_t, q), S::div(t, p));
+  V one_minus_2t = S::sub(one_minus_t, t);
+  V g = d_ce;
+  if (kGamma == GammaKind::kOne) {
+    g = S::fma(d_ce, m, S::mul(ce, one_minus_2t));
+  } else if (kGamma == GammaKind::kTwo) {
+    g = S::fma(d_ce, S::mul(m, m), S::mul(S::add(ce, ce), S::mul(m, one_minus_2t)));
+  } else if (kGamma == GammaKind::kAny) {
+    // m^(gamma-1) >= 1 when gamma < 1; the clip keeps it finite unless eps = 0
+    V m_pow = exp_neg<S>(S::max(S::splat(-87.0f), S::mul(S::sub(one, gamma), log_m)));
+    g = S::fma(d_ce, modulator, S::mul(S::mul(gamma, S::mul(ce, one_minus_2t)), m_pow));
+  }
+  typename S::M inside = S::mask_and(S::ge(x, eps), S::ge(one_minus_x, eps));
+  return S::zero_unless(inside, S::mul(alpha_t, g));
 }
 
 }  // namespace gluon_focal

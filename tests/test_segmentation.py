@@ -453,7 +453,7 @@ def test_voc_folder_round_trip(tmp_path):
 
 
 # ---------------------------------------------------------------------- example script
-def test_example_script_checkpoints_resume_and_pictures(tmp_path):
+def test_example_script_checkpoints_resume_and_pictures(tmp_path, capsys):
     sys.path.insert(0, os.path.join(ROOT, 'examples'))
     try:
         import train_segmentation as example
@@ -471,6 +471,10 @@ def test_example_script_checkpoints_resume_and_pictures(tmp_path):
         entry = json.load(f)
     assert entry['epoch'] == 1 and len(entry['history']['val_IoU']) == 2
     assert resumed['final_IoU'] == entry['history']['val_IoU'][-1]
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith('final validation IoU %.3f at threshold 0.50' % resumed['final_IoU'])
+    with open(os.path.join(out, 'results.json')) as f:
+        assert json.load(f)['best_threshold_IoU'] >= resumed['final_IoU']
     for name in ('predictions.png', 'curves.png'):
         path = os.path.join(out, name)
         assert os.path.getsize(path) > 1000

@@ -260,3 +260,27 @@ def test_focal_plus_dice_through_data_parallel_criterion_and_gradients():
     assert np.abs(m.grad.asnumpy()).max() > 0
     np.testing.assert_allclose(a.grad.asnumpy(), 0.2 * m.grad.asnumpy(), rtol=1e-5,
                                atol=1e-9)
+
+
+def test_nested_in_a_hybridized_block():
+    """DiceLoss as a child of a larger HybridBlock runs symbolically (F = mx.sym)."""
+    class WithLoss(mx.gluon.HybridBlock):
+        def __init__(self):
+            super().__init__()
+            with self.name_scope():
+                self.conv = mx.gluon.nn.Conv2D(2, 1, in_channels=3)
+                self.dice = DiceLoss(batch=True, ignore_label=-1)
+
+        def hybrid_forward(self, F, x, label):
+            return self.dice(self.conv(x), label)
+
+    block = WithLoss()
+    block.initialize(mx.init.Xavier())
+    x = nd(RNG.randn(3, 3, 4, 4))
+    label = nd(masks((3, 2, 4, 4)))
+    imperative = block(x, label).asnumpy()
+    block.hybridize()
+    np.testing.assert_allclose(block(x, label).asnumpy(), imperative, rtol=1e-5)
+    conv_out = block.conv(x).asnumpy()
+    np.testing.assert_allclose(imperative, np_dice(conv_out, label.asnumpy(), batch=True),
+                               rtol=1e-5)

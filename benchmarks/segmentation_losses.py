@@ -33,6 +33,7 @@ ARMS = {
     'focal a=0.25': ['--loss', 'focal', '--alpha', '0.25', '--dice-weight', '0'],
     'focal a=0.75': ['--loss', 'focal', '--alpha', '0.75', '--dice-weight', '0'],
     'focal a=0.25 + Dice': ['--loss', 'focal', '--alpha', '0.25', '--dice-weight', '1'],
+    'focal a=0.75 + Dice': ['--loss', 'focal', '--alpha', '0.75', '--dice-weight', '1'],
     'BCE + Dice': ['--loss', 'bce', '--dice-weight', '1'],
     'softmax CE (2 classes)': ['--loss', 'softmax', '--dice-weight', '0'],
 }

@@ -65,7 +65,9 @@ def parse_args(argv=None):
                         help='add this times a soft Dice loss to focal/bce (0: none)')
     parser.add_argument('--dice-batch', action='store_true',
                         help='one Dice over the whole batch instead of per image')
-    parser.add_argument('--alpha', type=float, default=0.25, help='focal alpha')
+    parser.add_argument('--alpha', type=float, default=0.75,
+                        help='focal alpha (weight of the foreground; 0.75 measured best for '
+                             'small targets, see docs/segmentation.md)')
     parser.add_argument('--gamma', type=float, default=2.0, help='focal gamma')
     parser.add_argument('--normalization', default='positive',
                         choices=('valid', 'mean', 'positive', 'sum'),

@@ -546,3 +546,32 @@ def test_gluoncv_train_script_binary_recipe(tmp_path):
                                    np.nan_to_num(ours.get()[1][1]), rtol=1e-6)
     finally:
         datasets.pop('onecls', None)
+
+
+def test_gluoncv_train_script_multiclass_recipe(tmp_path):
+    """Multi-class: only the loss line changes; the script's metric argmaxes the logits."""
+    from gluoncv.data import get_segmentation_dataset
+    from gluoncv.model_zoo.segbase import SegEvalModel, get_segmentation_model
+    root = str(tmp_path / 'voc')
+    write_voc_segmentation(root, num_train=2, num_val=2, size=64, seed=7)
+    trainset = get_segmentation_dataset('pascal_voc', root=root, split='train', mode='train',
+                                        transform=lambda img: mx.nd.image.to_tensor(img),
+                                        base_size=64, crop_size=64)
+    model = get_segmentation_model(model='fastscnn', dataset='pascal_voc', backbone='resnet50',
+                                   norm_layer=mx.gluon.nn.BatchNorm, norm_kwargs={}, aux=True,
+                                   base_size=64, crop_size=64)
+    ctx = [mx.cpu(0)]
+    net = DataParallelModel(model, ctx)
+    criterion = DataParallelCriterion(SegmentationFocalLoss(True, aux_weight=0.5), ctx)
+    data, target = next(iter(gluon.data.DataLoader(trainset, 2)))
+    with autograd.record(True):
+        outputs = net(data)
+        losses = criterion(outputs, target)
+    autograd.backward(losses)
+    assert outputs[0][0].shape == (2, 21, 64, 64)
+    assert all(np.isfinite(l.asnumpy()).all() and (l.asnumpy() > 0).all() for l in losses)
+    metric = gluoncv.utils.metrics.SegmentationMetric(trainset.num_class)
+    outputs = [x[0] for x in DataParallelModel(SegEvalModel(model), ctx)(data)]
+    metric.update(gluon.utils.split_and_load(target, ctx), outputs)
+    pix_acc, miou = metric.get()
+    assert 0 <= pix_acc <= 1 and 0 <= miou <= 1

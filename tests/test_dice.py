@@ -164,6 +164,19 @@ def test_dtypes_and_integer_labels(dtype):
                                rtol=2e-3 if dtype == 'float16' else 1e-10)
 
 
+def test_float16_large_image_does_not_overflow():
+    # sum(p) + sum(t) over 300 x 300 pixels is ~9e4 > 65504, float16's largest value
+    x = nd(np.full((1, 1, 300, 300), 0.5), 'float16')
+    label = nd(np.ones((1, 1, 300, 300)), 'float16')
+    x.attach_grad()
+    with autograd.record():
+        out = DiceLoss()(x, label)
+    out.backward()
+    expected = np_dice(np.full((1, 1, 300, 300), 0.5), np.ones((1, 1, 300, 300)))
+    assert out.dtype == np.float16 and np.isfinite(x.grad.asnumpy()).all()
+    np.testing.assert_allclose(out.asnumpy().astype(np.float64), expected, rtol=2e-3)
+
+
 def test_weights_and_errors():
     x, label = RNG.randn(3, 1, 4, 4), masks((3, 1, 4, 4))
     base = np_dice(x, label)

@@ -30,6 +30,8 @@ Relation to other libraries (all use this ratio):
 ``smooth_dr`` must be positive, so an image (or class) whose pixels are all
 ignored, or that has no foreground and p -> 0, gives a finite loss, never NaN.
 """
+import numpy as np
+
 import mxnet as mx
 from mxnet.gluon.loss import Loss
 
@@ -69,8 +71,10 @@ class DiceLoss(Loss):
     Inputs: ``pred`` N x C x ... logits (class axis 1, batch axis 0),
     ``label`` of the same shape with targets in [0, 1] (soft targets allowed)
     or ``ignore_label``, optional ``sample_weight`` of shape (N,) or (N, 1).
-    Output: shape (N,).  Inside a larger symbolic graph the label must already
-    have pred's dtype (called on NDArrays, it is cast).
+    Output: shape (N,), pred's dtype.  Called on NDArrays, the label is cast
+    to pred's dtype and float16 is reduced in float32 (an image's sums
+    overflow float16); inside a larger symbolic graph both are the caller's
+    job.
     """
 
     def __init__(self, from_sigmoid=False, batch=False, smooth_nr=1.0, smooth_dr=1.0,
@@ -95,7 +99,11 @@ class DiceLoss(Loss):
             if sample_weight is not None and sample_weight.size != pred.shape[0]:
                 raise ValueError('sample_weight must hold one weight per sample (%d), got '
                                  'shape %s' % (pred.shape[0], sample_weight.shape))
-            if label.dtype != pred.dtype:     # e.g. int32 masks for float16 logits
+            if np.dtype(pred.dtype) == np.float16:
+                # sums over an image overflow float16 (max 65504): reduce in float32
+                loss = self.forward(pred.astype('float32'), label, sample_weight)
+                return loss.astype('float16')
+            if label.dtype != pred.dtype:     # e.g. int32 masks for float32 logits
                 label = label.astype(pred.dtype)
         return super().forward(pred, label, sample_weight)
 

@@ -137,7 +137,8 @@ class SigmoidSegmentationMetric(EvalMetric):
     on every update: ``get_best_threshold()`` reports the one with the best
     mean IoU (a focal-trained model is often under-confident at 0.5; the best
     threshold is chosen on the data scored, so it is an optimistic number
-    unless fixed on held-out data).  ``sweep=()`` turns it off.
+    unless fixed on held-out data).  Each sweep threshold costs one more
+    counting pass per update; ``sweep=()`` turns it off.
     """
 
     def __init__(self, threshold=0.5, from_logits=True, ignore_label=-1,

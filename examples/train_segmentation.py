@@ -20,7 +20,8 @@ Each epoch writes an atomic checkpoint to ``--out-dir`` (``--resume`` picks the
 last one up) and prints the loss and the validation IoU/F1; at the end it
 writes ``predictions.png`` (image / ground truth / prediction),
 ``curves.png`` (loss and IoU per epoch) and ``results.json``, and prints
-``final validation IoU ...`` (foreground IoU at ``--threshold``).
+the summary as one JSON line, then ``final validation IoU ...`` (foreground
+IoU at ``--threshold``).
 """
 import argparse
 import json
@@ -374,6 +375,7 @@ def main(argv=None):
     if is_chief:
         with open(os.path.join(args.out_dir, 'results.json'), 'w') as f:
             json.dump(summary, f, indent=1)
+    print(json.dumps(summary))       # one machine-readable line, then the human one
     print('final validation IoU %.3f at threshold %.2f (F1 %.3f; best threshold %.2f: '
           'IoU %.3f) after %d epochs, %.0f s this run; curves, predictions and checkpoints '
           'in %s' % (final['IoU'], args.threshold, final['F1'], final['best_threshold'],

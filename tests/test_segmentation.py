@@ -354,6 +354,35 @@ def test_metric_per_class_multiclass_and_multilabel():
     np.testing.assert_allclose(m.get_per_class()['IoU'], [0.5, 1.0])
 
 
+def test_metric_best_threshold_hand_computed():
+    # probabilities and labels of 6 pixels, the last one ignored
+    prob = np.array([[[[0.9, 0.6, 0.3, 0.2, 0.1, 0.95]]]])
+    label = np.array([[[1, 1, 0, 1, 0, -1]]])
+    m = SigmoidSegmentationMetric(from_logits=False, sweep=(0.75, 0.5, 0.25, 0.15))
+    m.update(nd(label), nd(prob))
+    # p > t:  0.15 -> tp 3 fp 1 fn 0;  0.25 -> tp 2 fp 1 fn 1;  0.5 -> tp 2 fn 1;  0.75 -> tp 1 fn 2
+    by_t = m.get_by_threshold()
+    assert list(by_t) == [0.15, 0.25, 0.5, 0.75]
+    np.testing.assert_allclose(list(by_t.values()), [3 / 4, 2 / 4, 2 / 3, 1 / 3])
+    assert m.get_best_threshold() == (0.15, pytest.approx(0.75))
+    assert m.get()[1][1] == pytest.approx(by_t[0.5])        # the main threshold agrees
+    m.update(nd(label), nd(prob))                           # accumulates like the rest
+    assert m.get_best_threshold() == (0.15, pytest.approx(0.75))
+    assert m.swept[0.15][0][0] == 6
+    # logits in (the default) give the same counts
+    logits = np.log(prob) - np.log1p(-prob)
+    m2 = SigmoidSegmentationMetric(sweep=(0.75, 0.5, 0.25, 0.15))
+    m2.update(nd(label), nd(logits))
+    assert m2.get_by_threshold() == pytest.approx(by_t)
+    m.reset()
+    assert np.isnan(m.get_best_threshold()[1])
+    off = SigmoidSegmentationMetric(from_logits=False, sweep=())
+    off.update(nd(label), nd(prob))
+    assert off.get_by_threshold() == {} and np.isnan(off.get_best_threshold()[0])
+    with pytest.raises(ValueError, match='threshold'):
+        SigmoidSegmentationMetric(sweep=(0.5, 1.0))
+
+
 def test_sigmoid_to_two_class_feeds_gluoncv_metric():
     logits = np.array([[[[2., -1.], [0.5, -3.]]]])
     label = np.array([[[1, 1], [0, -1]]])
@@ -424,7 +453,7 @@ def test_voc_folder_round_trip(tmp_path):
 
 
 # ---------------------------------------------------------------------- example script
-def test_example_script_checkpoints_resume_and_pictures(tmp_path):
+def test_example_script_checkpoints_resume_and_pictures(tmp_path, capsys):
     sys.path.insert(0, os.path.join(ROOT, 'examples'))
     try:
         import train_segmentation as example
@@ -442,8 +471,107 @@ def test_example_script_checkpoints_resume_and_pictures(tmp_path):
         entry = json.load(f)
     assert entry['epoch'] == 1 and len(entry['history']['val_IoU']) == 2
     assert resumed['final_IoU'] == entry['history']['val_IoU'][-1]
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith('final validation IoU %.3f at threshold 0.50' % resumed['final_IoU'])
+    with open(os.path.join(out, 'results.json')) as f:
+        assert json.load(f)['best_threshold_IoU'] >= resumed['final_IoU']
     for name in ('predictions.png', 'curves.png'):
         path = os.path.join(out, name)
         assert os.path.getsize(path) > 1000
         with open(path, 'rb') as f:
             assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+
+
+# ------------------------------------------------ GluonCV's scripts/segmentation/train.py
+def _docs_block(marker):
+    """The fenced code block that follows ``<!-- recipe:<marker> ...`` in the docs."""
+    with open(os.path.join(ROOT, 'docs', 'segmentation.md')) as f:
+        text = f.read()
+    start = text.index('<!-- recipe:%s' % marker)
+    start = text.index('```python\n', start) + len('```python\n')
+    return text[start:text.index('```', start)]
+
+
+def test_gluoncv_train_script_binary_recipe(tmp_path):
+    """The docs' binary recipe, making the calls GluonCV's train.py makes."""
+    from mxnet.gluon.data.vision import transforms
+    from gluoncv.data import datasets, get_segmentation_dataset
+    from gluoncv.model_zoo.segbase import SegEvalModel, get_segmentation_model
+    root = str(tmp_path / 'onecls')
+    write_voc_segmentation(root, num_train=4, num_val=4, size=64, seed=6)
+    namespace = {}
+    exec(compile(_docs_block('onecls.py'), 'onecls.py', 'exec'), namespace)
+    namespace['ROOT'] = root
+    try:
+        # Trainer.__init__: datasets and model from --dataset onecls --model fastscnn --aux
+        transform = transforms.Compose([transforms.ToTensor(),
+                                        transforms.Normalize([.485, .456, .406],
+                                                             [.229, .224, .225])])
+        data_kwargs = {'transform': transform, 'base_size': 64, 'crop_size': 64}
+        trainset = get_segmentation_dataset('onecls', split='train', mode='train',
+                                            **data_kwargs)
+        valset = get_segmentation_dataset('onecls', split='val', mode='val', **data_kwargs)
+        assert trainset.num_class == 1
+        model = get_segmentation_model(model='fastscnn', dataset='onecls', backbone='resnet50',
+                                       norm_layer=mx.gluon.nn.BatchNorm, norm_kwargs={},
+                                       aux=True, base_size=64, crop_size=64)
+        ctx = [mx.cpu(0)]
+        net = DataParallelModel(model, ctx)
+        evaluator = DataParallelModel(SegEvalModel(model), ctx)
+        criterion = DataParallelCriterion(
+            SegmentationFocalLoss(True, aux_weight=0.5, dice_weight=1.0), ctx)
+        trainer = gluon.Trainer(model.collect_params(), 'sgd',
+                                {'learning_rate': 0.01, 'momentum': 0.9})
+        # Trainer.training: one step
+        data, target = next(iter(gluon.data.DataLoader(trainset, 4, shuffle=True)))
+        with autograd.record(True):
+            outputs = net(data)
+            losses = criterion(outputs, target)
+        autograd.backward(losses)
+        trainer.step(4)
+        assert outputs[0][0].shape == (4, 1, 64, 64)
+        assert all(np.isfinite(l.asnumpy()).all() for l in losses)
+        # Trainer.validation with the edited metric lines
+        metric = gluoncv.utils.metrics.SegmentationMetric(2)
+        ours = SigmoidSegmentationMetric()
+        for data, target in gluon.data.DataLoader(valset, 2):
+            outputs = [x[0] for x in evaluator(data)]
+            targets = gluon.utils.split_and_load(target, ctx, even_split=False)
+            metric.update(targets, [sigmoid_to_two_class(x) for x in outputs])
+            ours.update(targets, outputs)
+        pix_acc, miou = metric.get()
+        assert 0 <= pix_acc <= 1 and 0 <= miou <= 1
+        # GluonCV's foreground class is exactly this library's foreground IoU
+        np.testing.assert_allclose(metric.total_inter[1] / max(metric.total_union[1], 1),
+                                   np.nan_to_num(ours.get()[1][1]), rtol=1e-6)
+    finally:
+        datasets.pop('onecls', None)
+
+
+def test_gluoncv_train_script_multiclass_recipe(tmp_path):
+    """Multi-class: only the loss line changes; the script's metric argmaxes the logits."""
+    from gluoncv.data import get_segmentation_dataset
+    from gluoncv.model_zoo.segbase import SegEvalModel, get_segmentation_model
+    root = str(tmp_path / 'voc')
+    write_voc_segmentation(root, num_train=2, num_val=2, size=64, seed=7)
+    trainset = get_segmentation_dataset('pascal_voc', root=root, split='train', mode='train',
+                                        transform=lambda img: mx.nd.image.to_tensor(img),
+                                        base_size=64, crop_size=64)
+    model = get_segmentation_model(model='fastscnn', dataset='pascal_voc', backbone='resnet50',
+                                   norm_layer=mx.gluon.nn.BatchNorm, norm_kwargs={}, aux=True,
+                                   base_size=64, crop_size=64)
+    ctx = [mx.cpu(0)]
+    net = DataParallelModel(model, ctx)
+    criterion = DataParallelCriterion(SegmentationFocalLoss(True, aux_weight=0.5), ctx)
+    data, target = next(iter(gluon.data.DataLoader(trainset, 2)))
+    with autograd.record(True):
+        outputs = net(data)
+        losses = criterion(outputs, target)
+    autograd.backward(losses)
+    assert outputs[0][0].shape == (2, 21, 64, 64)
+    assert all(np.isfinite(l.asnumpy()).all() and (l.asnumpy() > 0).all() for l in losses)
+    metric = gluoncv.utils.metrics.SegmentationMetric(trainset.num_class)
+    outputs = [x[0] for x in DataParallelModel(SegEvalModel(model), ctx)(data)]
+    metric.update(gluon.utils.split_and_load(target, ctx), outputs)
+    pix_acc, miou = metric.get()
+    assert 0 <= pix_acc <= 1 and 0 <= miou <= 1

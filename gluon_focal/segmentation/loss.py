@@ -30,6 +30,7 @@ from mxnet.gluon.loss import Loss
 
 from ..labels import ResolvedLabels, check_label_values, resolve_label_mode
 from ..loss import FocalLoss
+from .dice import DiceLoss
 
 __all__ = ['SegmentationFocalLoss', 'MixSigmoidFocalLoss', 'SegmentationBCELoss']
 
@@ -75,16 +76,27 @@ class SegmentationFocalLoss(Loss):
         (RetinaNet's normalisation; a per-device batch under
         ``DataParallelCriterion``).
     batch_axis : int, default 0
+    dice_weight : float, default 0
+        Add ``dice_weight`` times a soft Dice loss (:class:`DiceLoss`, same
+        probabilities, same targets, same ignored pixels; per class for
+        multilabel and, one-vs-all, for multiclass) to every output's loss:
+        the focal + Dice combination of Mask2Former / Segment Anything /
+        MONAI's ``DiceFocalLoss``.  0 disables it.
+    dice_batch, dice_smooth_nr, dice_smooth_dr :
+        :class:`DiceLoss`'s ``batch``, ``smooth_nr``, ``smooth_dr`` (per-sample
+        Dice with +1 smoothing by default).  ``weight`` scales both terms.
 
     Inputs: ``loss(pred1, [pred2, ...], label, sample_weight=None)``; with
     ``aux=True`` every pred must have the same shape.  Output: shape (N,),
-    ``loss(pred1) + sum_k aux_weight_k * loss(pred_{k+1})``.
+    ``loss(pred1) + sum_k aux_weight_k * loss(pred_{k+1})`` where each
+    ``loss(pred) = focal(pred) + dice_weight * dice(pred)``.
     """
 
     def __init__(self, aux=True, aux_weight=0.2, ignore_label=-1, mode='auto',
                  binary_values=(0, 1), validate=True, alpha=0.25, gamma=2.0,
                  from_sigmoid=False, normalization='valid', weight=None, batch_axis=0,
-                 impl='auto', **kwargs):
+                 impl='auto', dice_weight=0.0, dice_batch=False, dice_smooth_nr=1.0,
+                 dice_smooth_dr=1.0, **kwargs):
         super().__init__(None, batch_axis, **kwargs)
         if mode not in MODES:
             raise ValueError('mode=%r is not one of %s' % (mode, MODES))
@@ -110,6 +122,11 @@ class SegmentationFocalLoss(Loss):
                                    from_sigmoid=from_sigmoid, ignore_label=ignore_label,
                                    normalization=normalization, weight=weight,
                                    batch_axis=batch_axis, impl=impl)
+            self.dice_weight = self._check_dice_weight(dice_weight)
+            self.dice = DiceLoss(from_sigmoid=from_sigmoid, batch=dice_batch,
+                                 smooth_nr=dice_smooth_nr, smooth_dr=dice_smooth_dr,
+                                 ignore_label=ignore_label, weight=weight) \
+                if self.dice_weight else None
         # label values are checked here (``validate``), not again by the child per call
         self.focal.hybridize()
 
@@ -121,6 +138,13 @@ class SegmentationFocalLoss(Loss):
             if isinstance(w, bool) or not isinstance(w, numbers.Real):
                 raise ValueError('aux_weight must be a number or a sequence of numbers, '
                                  'got %r' % (aux_weight,))
+
+    @staticmethod
+    def _check_dice_weight(dice_weight):
+        if isinstance(dice_weight, bool) or not isinstance(dice_weight, numbers.Real) \
+                or not dice_weight >= 0:
+            raise ValueError('dice_weight must be a number >= 0, got %r' % (dice_weight,))
+        return float(dice_weight)
 
     def _aux_weights(self, num_aux):
         if isinstance(self.aux_weight, (list, tuple)):
@@ -167,6 +191,26 @@ class SegmentationFocalLoss(Loss):
             label = mapped
         return label
 
+    def _dice_targets(self, target, mode, num_class):
+        """Dense N x C x H x W targets for the Dice term: masks as they are,
+        class indices one-hot (one-vs-all), ignored pixels ``ignore_label``
+        in every class."""
+        if mode != 'multiclass':
+            return target
+        target = target.astype('float32', copy=False)
+        one_hot = mx.nd.one_hot(target, num_class).transpose((0, 3, 1, 2))
+        if self._ignore_label is None:
+            return one_hot
+        ignored = (target == self._ignore_label).expand_dims(axis=1)
+        return mx.nd.where(mx.nd.broadcast_like(ignored, one_hot),
+                           mx.nd.full(one_hot.shape, self._ignore_label), one_hot)
+
+    def _output_loss(self, pred, target, dice_target, sample_weight):
+        loss = self.focal(pred, target, sample_weight)
+        if self.dice is not None:
+            loss = loss + self.dice_weight * self.dice(pred, dice_target)
+        return loss
+
     # -- forward -------------------------------------------------------------------
     def forward(self, *inputs, sample_weight=None):
         if len(inputs) < 2:
@@ -187,9 +231,16 @@ class SegmentationFocalLoss(Loss):
         target = self._targets(label, preds[0].shape, mode)
         if self._validate:
             self._check_values(target, mode, preds[0].shape[1])
-        loss = self.focal(preds[0], target, sample_weight)
+        dice_target = None
+        if self.dice is not None:
+            if sample_weight is not None:
+                raise ValueError('sample_weight with dice_weight > 0: the Dice term is a '
+                                 'ratio over pixels, not a sum of per-pixel losses; mark '
+                                 'pixels to leave out with ignore_label instead')
+            dice_target = self._dice_targets(target, mode, preds[0].shape[1])
+        loss = self._output_loss(preds[0], target, dice_target, sample_weight)
         for w, p in zip(self._aux_weights(len(preds) - 1), preds[1:]):
-            loss = loss + w * self.focal(p, target, sample_weight)
+            loss = loss + w * self._output_loss(p, target, dice_target, sample_weight)
         return loss
 
     def hybrid_forward(self, F, *args, **kwargs):  # pragma: no cover - forward overrides

@@ -19,6 +19,9 @@ except ImportError:  # pragma: no cover - MXNet 2
 
 __all__ = ['SigmoidSegmentationMetric', 'sigmoid_to_two_class', 'confusion_counts']
 
+# thresholds the metric also scores by default: 0.05, 0.10, ..., 0.95
+DEFAULT_SWEEP = tuple(round(0.05 * k, 2) for k in range(1, 20))
+
 
 def _logit(threshold):
     threshold = float(threshold)
@@ -129,12 +132,23 @@ class SigmoidSegmentationMetric(EvalMetric):
     foreground IoU/F1).  ``get_per_class()`` gives the per-class arrays.
     A class that never occurs and is never predicted has IoU/F1 ``nan`` and is
     left out of the means.
+
+    ``sweep`` (default 0.05, 0.10, ..., 0.95) are further thresholds counted
+    on every update: ``get_best_threshold()`` reports the one with the best
+    mean IoU (a focal-trained model is often under-confident at 0.5; the best
+    threshold is chosen on the data scored, so it is an optimistic number
+    unless fixed on held-out data).  Each sweep threshold costs one more
+    counting pass per update; ``sweep=()`` turns it off.
     """
 
     def __init__(self, threshold=0.5, from_logits=True, ignore_label=-1,
-                 binary_values=(0, 1), class_names=None, name='sigmoid_seg'):
+                 binary_values=(0, 1), class_names=None, name='sigmoid_seg',
+                 sweep=DEFAULT_SWEEP):
         self.threshold = threshold
         _logit(threshold)
+        self.sweep = tuple(float(t) for t in sweep)
+        for t in self.sweep:
+            _logit(t)
         self.from_logits = from_logits
         self.ignore_label = ignore_label
         self.binary_values = tuple(binary_values)
@@ -145,6 +159,7 @@ class SigmoidSegmentationMetric(EvalMetric):
 
     def reset(self):
         self.tp = self.fp = self.fn = self.tn = None
+        self.swept = {}        # threshold -> accumulated (tp, fp, fn)
         self.num_inst = self.global_num_inst = 0
         self.sum_metric = self.global_sum_metric = 0.0
 
@@ -165,6 +180,34 @@ class SigmoidSegmentationMetric(EvalMetric):
                     for acc, c in zip((self.tp, self.fp, self.fn, self.tn), counts):
                         acc += c
                 self.num_inst += 1
+            self._update_sweep(label, pred)
+
+    def _update_sweep(self, label, pred):
+        for t in self.sweep:
+            tp, fp, fn, _ = confusion_counts(label, pred, t, self.from_logits,
+                                             self.ignore_label, self.binary_values)
+            with self.lock:
+                acc = self.swept.get(t)
+                self.swept[t] = (tp, fp, fn) if acc is None else \
+                    (acc[0] + tp, acc[1] + fp, acc[2] + fn)
+
+    def get_by_threshold(self):
+        """``{threshold: mean IoU over classes}`` for every threshold in ``sweep``."""
+        out = {}
+        for t, (tp, fp, fn) in sorted(self.swept.items()):
+            with np.errstate(divide='ignore', invalid='ignore'):
+                iou = tp / (tp + fp + fn).astype(np.float64)
+            out[t] = float(np.nanmean(iou)) if np.any(~np.isnan(iou)) else float('nan')
+        return out
+
+    def get_best_threshold(self):
+        """``(threshold, IoU)``: the ``sweep`` threshold with the best mean IoU
+        (the lowest such threshold on ties; ``(nan, nan)`` before any update)."""
+        by_t = {t: v for t, v in self.get_by_threshold().items() if not np.isnan(v)}
+        if not by_t:
+            return float('nan'), float('nan')
+        best = max(by_t, key=lambda t: (by_t[t], -t))
+        return best, by_t[best]
 
     def get_per_class(self):
         """Dict of per-class numpy arrays: pixAcc, IoU, F1, precision, recall."""

@@ -44,7 +44,6 @@ import logging
 import os
 import sys
 import time
-import warnings
 
 import numpy as np
 import mxnet as mx
@@ -58,14 +57,15 @@ from gluoncv.utils.metrics.voc_detection import VOC07MApMetric
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 from gluon_focal.detection import (SSDFocalMultiBoxLoss, SigmoidSSD,  # noqa: E402
                                    SyntheticShapesDetection, init_focal_bias, ssd_anchors,
-                                   tiny_ssd, voc_detection)
+                                   tiny_ssd, voc_detection, zoo_ssd)
 from gluon_focal.distributed import create_kvstore, rank_and_size, shard  # noqa: E402
 from gluon_focal.training import (CheckpointManager, add_training_args,  # noqa: E402
                                   contexts_from_args, plot_curves, progress, save_figure)
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description='Train SSD with sigmoid focal loss.')
+    parser = argparse.ArgumentParser(description='Train SSD with sigmoid focal loss.',
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_training_args(parser, epochs=12, batch_size=16, lr=0.02, out_dir='runs/ssd')
     parser.add_argument('--loss', choices=('focal', 'multibox'), default='focal',
                         help='focal: SSDFocalMultiBoxLoss; multibox: gluoncv SSDMultiBoxLoss')
@@ -74,29 +74,42 @@ def parse_args(argv=None):
     parser.add_argument('--lambd', type=float, default=1.0, help='box loss weight')
     parser.add_argument('--focal-impl', choices=('auto', 'fused', 'composite'), default='auto',
                         help='gluon_focal.FocalLoss implementation')
-    parser.add_argument('--dataset', choices=('synthetic', 'voc'), default='synthetic')
+    parser.add_argument('--dataset', choices=('synthetic', 'voc'), default='synthetic',
+                        help='generated shapes, or a VOC-format folder (--data-root)')
     parser.add_argument('--data-root', type=str, default='',
                         help='VOC-format root folder (contains VOC2007/) for --dataset voc')
-    parser.add_argument('--train-split', type=str, default='train')
-    parser.add_argument('--val-split', type=str, default='val')
+    parser.add_argument('--train-split', type=str, default='train', help='training split')
+    parser.add_argument('--val-split', type=str, default='val', help='validation split')
     parser.add_argument('--num-train', type=int, default=480,
                         help='synthetic training images')
     parser.add_argument('--num-val', type=int, default=160, help='synthetic validation images')
     parser.add_argument('--network', type=str, default='tiny',
-                        help="'tiny' or a GluonCV SSD model name, e.g. ssd_300_vgg16_atrous_voc "
-                             '(built with pretrained=False, pretrained_base=False)')
-    parser.add_argument('--data-shape', type=int, default=192, help='input image size')
+                        help="'tiny' (gluon_focal.detection.tiny_ssd) or a GluonCV model-zoo "
+                             'SSD, e.g. ssd_300_vgg16_atrous_voc, ssd_512_resnet50_v1_custom, '
+                             'ssd_512_mobilenet1.0_voc (its layout only: built for the '
+                             "dataset's classes, pretrained_base=False unless --pretrained-base)")
+    parser.add_argument('--pretrained-base', action='store_true',
+                        help='zoo networks: ImageNet base weights from ~/.mxnet/models')
+    parser.add_argument('--data-shape', type=int, default=None,
+                        help='input image size; default 192 for tiny, else the size in the '
+                             'zoo name (300 or 512)')
     parser.add_argument('--augment', choices=('ssd', 'light'), default='light',
                         help="'ssd': GluonCV's full SSDDefaultTrainTransform (colour, expand, "
                              "crop, flip); 'light': colour + flip only (converges faster "
                              'in short runs)')
-    parser.add_argument('--wd', type=float, default=5e-4)
-    parser.add_argument('--momentum', type=float, default=0.9)
-    parser.add_argument('--warmup-epochs', type=float, default=1.0)
+    parser.add_argument('--wd', type=float, default=5e-4, help='weight decay')
+    parser.add_argument('--momentum', type=float, default=0.9, help='SGD momentum')
+    parser.add_argument('--warmup-epochs', type=float, default=1.0,
+                        help='linear learning-rate warm-up, then cosine decay')
     parser.add_argument('--num-vis', type=int, default=8,
                         help='validation images drawn in detections.png')
-    parser.add_argument('--vis-thresh', type=float, default=0.3)
-    return parser.parse_args(argv)
+    parser.add_argument('--vis-thresh', type=float, default=0.3,
+                        help='score threshold of the drawn detections')
+    args = parser.parse_args(argv)
+    if args.data_shape is None:
+        size = args.network.split('_')[1:2]
+        args.data_shape = int(size[0]) if size and size[0].isdigit() else 192
+    return args
 
 
 # ---------------------------------------------------------------------------
@@ -167,12 +180,9 @@ def get_network(args, classes, ctx):
     """Return (net, detector): ``net`` is trained, ``detector`` is used for inference."""
     if args.network == 'tiny':
         net = tiny_ssd(classes, base_size=args.data_shape)
-    else:
-        net = gcv.model_zoo.get_model(args.network, pretrained=False, pretrained_base=False)
-        net.reset_class(classes)
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
         net.initialize(mx.init.Xavier(), ctx=ctx)
+    else:  # initialized as GluonCV's train_ssd.py does
+        net = zoo_ssd(args.network, classes, ctx=ctx, pretrained_base=args.pretrained_base)
     # A focal-trained head only learns the foreground columns: score them with
     # sigmoids at inference (GluonCV's SSD would apply a softmax).
     detector = SigmoidSSD(net) if args.loss == 'focal' else net
@@ -228,7 +238,7 @@ def draw_detections(detector, dataset, classes, path, num, thresh, data_shape, c
         ids, scores, bboxes = detector(x.expand_dims(0).as_in_context(ctx[0]))
         h, w = img.shape[:2]
         scale = np.array([w / data_shape, h / data_shape] * 2)
-        plot_bbox(img.asnumpy(), bboxes[0].asnumpy() * scale, scores[0].asnumpy(),
+        plot_bbox(img.asnumpy(), bboxes[0].clip(0, data_shape).asnumpy() * scale, scores[0].asnumpy(),
                   ids[0].asnumpy(), thresh=thresh, class_names=classes, ax=ax, linewidth=1.5,
                   fontsize=7)
         ax.set_title('%d objects' % len(label), fontsize=8)

@@ -10,10 +10,10 @@ import mxnet as mx
 
 def add_training_args(parser, *, epochs, batch_size, lr, out_dir):
     """Add the arguments every example takes, with example-specific defaults."""
-    parser.add_argument('--epochs', type=int, default=epochs)
+    parser.add_argument('--epochs', type=int, default=epochs, help='number of epochs')
     parser.add_argument('--batch-size', type=int, default=batch_size,
                         help='total batch size over all contexts')
-    parser.add_argument('--lr', type=float, default=lr)
+    parser.add_argument('--lr', type=float, default=lr, help='peak learning rate')
     parser.add_argument('--gpus', type=str, default='',
                         help='comma-separated GPU ids; empty means CPU')
     parser.add_argument('--num-cpu-contexts', type=int, default=1,
@@ -22,10 +22,11 @@ def add_training_args(parser, *, epochs, batch_size, lr, out_dir):
                         help='local, device, dist_sync or dist_device_sync')
     parser.add_argument('--num-workers', type=int, default=0,
                         help='data-loader worker processes')
-    parser.add_argument('--out-dir', type=str, default=out_dir)
+    parser.add_argument('--out-dir', type=str, default=out_dir,
+                        help='checkpoints, results.json, curves.png and detections go here')
     parser.add_argument('--resume', action='store_true',
                         help='continue from the last complete checkpoint in --out-dir')
-    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--seed', type=int, default=0, help='random seed (data and init)')
     return parser
 
 

@@ -284,3 +284,29 @@ def test_train_ssd_example_runs_and_resumes(tmp_path, loss):
     assert history['loss'][:2] == first['loss'] and history['val_mAP'][:2] == first['val_mAP']
     with open(os.path.join(str(tmp_path), 'checkpoints', 'checkpoint.json')) as f:
         assert json.load(f)['epoch'] == 2   # 0-based: the third epoch was saved
+
+
+@pytest.mark.parametrize('network', ['ssd_512_mobilenet1.0_voc', 'ssd_512_resnet50_v1_custom'])
+def test_train_ssd_example_zoo_network_offline(tmp_path, network):
+    """GluonCV zoo SSDs (a preset with reset_class, a _custom one) train offline."""
+    import json
+    import os
+    example = _load_example()
+    args = example.parse_args(['--network', network, '--data-shape', '96', '--num-train', '1',
+                               '--num-val', '1', '--batch-size', '1', '--epochs', '1',
+                               '--num-vis', '0', '--out-dir', str(tmp_path)])
+    assert args.pretrained_base is False
+    history = example.train(args)
+    assert len(history['val_mAP']) == 1 and np.isfinite(history['loss']).all()
+    assert os.path.getsize(os.path.join(str(tmp_path), 'curves.png')) > 0
+
+
+def test_zoo_ssd_classes_and_errors():
+    from gluon_focal.detection import zoo_ssd
+    net = zoo_ssd('ssd_512_mobilenet1.0_coco', CLASSES)
+    assert tuple(net.classes) == CLASSES
+    with autograd.train_mode():
+        cls_pred, box_pred, anchors = net(mx.nd.zeros((1, 3, 64, 64)))
+    assert cls_pred.shape == (1, anchors.shape[1], len(CLASSES) + 1)
+    with pytest.raises(ValueError, match='not a GluonCV model-zoo SSD.*ssd_300_vgg16_atrous'):
+        zoo_ssd('ssd_300_vgg17', CLASSES)

@@ -2,7 +2,7 @@
 from .data import (CLASSES, SyntheticShapesDetection, write_voc_detection,
                    voc_detection, ShapesVOCDetection)
 from .ssd import (SSDFocalMultiBoxLoss, SigmoidSSD, init_focal_bias, tiny_ssd,
-                  TinySSDBackbone, ssd_anchors)
+                  TinySSDBackbone, ssd_anchors, zoo_ssd)
 from .retinanet import (RetinaNet, RetinaNetLoss, get_retinanet, retinanet_resnet18_v1b,
                         retinanet_resnet50_v1b, scaled_resnet_v1b)
 from .targets import (RetinaNetTargetGenerator, RetinaNetTrainTransform, RetinaNetValTransform,
@@ -10,7 +10,7 @@ from .targets import (RetinaNetTargetGenerator, RetinaNetTrainTransform, RetinaN
 
 __all__ = ['CLASSES', 'SyntheticShapesDetection', 'write_voc_detection', 'voc_detection',
            'ShapesVOCDetection', 'SSDFocalMultiBoxLoss', 'SigmoidSSD', 'init_focal_bias',
-           'tiny_ssd', 'TinySSDBackbone', 'ssd_anchors', 'RetinaNet', 'RetinaNetLoss',
+           'tiny_ssd', 'TinySSDBackbone', 'ssd_anchors', 'zoo_ssd', 'RetinaNet', 'RetinaNetLoss',
            'get_retinanet', 'retinanet_resnet18_v1b', 'retinanet_resnet50_v1b',
            'scaled_resnet_v1b', 'RetinaNetTargetGenerator', 'RetinaNetTrainTransform',
            'RetinaNetValTransform', 'BACKGROUND_LABEL', 'IGNORE_LABEL']

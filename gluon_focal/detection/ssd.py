@@ -59,6 +59,8 @@ score threshold (0.01) and NMS as GluonCV.  In training mode it returns
 
 A small SSD for quick experiments on CPU is provided by :func:`tiny_ssd`.
 """
+import warnings
+
 import mxnet as mx
 from mxnet import autograd, gluon, nd
 from mxnet.gluon import nn
@@ -67,7 +69,7 @@ from ..init import prior_bias
 from ..loss import FocalLoss
 
 __all__ = ['SSDFocalMultiBoxLoss', 'SigmoidSSD', 'init_focal_bias', 'tiny_ssd',
-           'TinySSDBackbone', 'ssd_anchors']
+           'TinySSDBackbone', 'ssd_anchors', 'zoo_ssd']
 
 
 def _as_list(x):
@@ -318,6 +320,36 @@ def tiny_ssd(classes, base_size=192, channels=(16, 32, 64, 96, 128, 128), num_ou
     return SSD(None, base_size, features=features, num_filters=None, sizes=sizes,
                ratios=ratios, steps=steps, classes=tuple(classes), pretrained=False,
                anchor_alloc_size=max(32, base_size // steps[0] * 2), **kwargs)
+
+
+def zoo_ssd(name, classes, ctx=None, pretrained_base=False):
+    """A GluonCV model-zoo SSD for ``classes``, initialized, trainable offline.
+
+    ``name`` is any SSD of ``gluoncv.model_zoo`` (``ssd_300_vgg16_atrous_voc``,
+    ``ssd_512_resnet50_v1_custom``, ``ssd_512_mobilenet1.0_coco``, ...): its
+    layout (base network, feature layers, anchor sizes) is kept, never its
+    pretrained detector weights.  ``*_custom`` names are built for ``classes``
+    directly; for the others the class predictors are replaced with
+    ``reset_class`` (which needs initialized parameters, hence the
+    initialization here).  Parameters are initialized as GluonCV's
+    ``train_ssd.py`` does (``net.initialize()``: the layers' own initializers,
+    ``Uniform(0.07)`` elsewhere); ``pretrained_base=True`` loads the ImageNet
+    base network from ``~/.mxnet/models`` (or downloads it).
+    """
+    from gluoncv import model_zoo
+    if not name.startswith('ssd_') or name not in model_zoo.get_model_list():
+        raise ValueError('network %r is not a GluonCV model-zoo SSD; expected one of %s'
+                         % (name, ', '.join(n for n in model_zoo.get_model_list()
+                                            if n.startswith('ssd_') and 'int8' not in n)))
+    ctx = ctx or [mx.cpu()]
+    kwargs = {'classes': tuple(classes), 'transfer': None} if name.endswith('_custom') else {}
+    net = model_zoo.get_model(name, pretrained=False, pretrained_base=pretrained_base, **kwargs)
+    with warnings.catch_warnings():  # SymbolBlock's "Cannot decide type" for 'data'
+        warnings.simplefilter('ignore', UserWarning)
+        net.initialize(ctx=ctx)
+    if tuple(net.classes) != tuple(classes):
+        net.reset_class(tuple(classes))
+    return net
 
 
 def ssd_anchors(net, size):

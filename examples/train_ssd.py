@@ -71,7 +71,8 @@ def parse_args(argv=None):
                         help='focal: SSDFocalMultiBoxLoss; multibox: gluoncv SSDMultiBoxLoss')
     parser.add_argument('--alpha', type=float, default=0.25, help='focal alpha')
     parser.add_argument('--gamma', type=float, default=2.0, help='focal gamma')
-    parser.add_argument('--lambd', type=float, default=1.0, help='box loss weight')
+    parser.add_argument('--box-weight', type=float, default=1.0,
+                        help="box loss weight (SSDMultiBoxLoss's lambd)")
     parser.add_argument('--focal-impl', choices=('auto', 'fused', 'composite'), default='auto',
                         help='gluon_focal.FocalLoss implementation')
     parser.add_argument('--dataset', choices=('synthetic', 'voc'), default='synthetic',
@@ -270,10 +271,10 @@ def train(args):
     detector.hybridize(static_alloc=True, static_shape=True)
 
     if args.loss == 'focal':
-        mbox_loss = SSDFocalMultiBoxLoss(alpha=args.alpha, gamma=args.gamma, lambd=args.lambd,
-                                         impl=args.focal_impl)
+        mbox_loss = SSDFocalMultiBoxLoss(alpha=args.alpha, gamma=args.gamma,
+                                         box_weight=args.box_weight, impl=args.focal_impl)
     else:
-        mbox_loss = gcv.loss.SSDMultiBoxLoss(lambd=args.lambd)
+        mbox_loss = gcv.loss.SSDMultiBoxLoss(lambd=args.box_weight)
 
     # linear warm-up, then cosine decay, per iteration (MXNet's own scheduler: under
     # dist_* kvstores the optimizer is pickled to the servers, which cannot import gluoncv)

@@ -274,16 +274,16 @@ def test_train_ssd_example_runs_and_resumes(tmp_path, loss):
               '--num-vis', '2', '--out-dir', str(tmp_path)]
     history = example.train(example.parse_args(common + ['--epochs', '2']))
     assert len(history['val_mAP']) == 2 and np.isfinite(history['loss']).all()
-    for name in ('curves.png', 'detections.png', 'history.json'):
+    for name in ('curves.png', 'detections.png', 'results.json', 'checkpoint.json'):
         assert os.path.getsize(os.path.join(str(tmp_path), name)) > 0
-    with open(os.path.join(str(tmp_path), 'history.json')) as f:
-        first = json.load(f)['history']
+    with open(os.path.join(str(tmp_path), 'results.json')) as f:
+        first = json.load(f)
+    assert first['epochs'] == [1, 2] and len(first['history']['images_per_s']) == 2
     # --resume continues after the last complete epoch instead of starting over
     history = example.train(example.parse_args(common + ['--epochs', '3', '--resume']))
     assert len(history['val_mAP']) == 3
-    assert history['loss'][:2] == first['loss'] and history['val_mAP'][:2] == first['val_mAP']
-    with open(os.path.join(str(tmp_path), 'checkpoints', 'checkpoint.json')) as f:
-        assert json.load(f)['epoch'] == 2   # 0-based: the third epoch was saved
+    assert history['loss'][:2] == first['history']['loss']
+    assert history['val_mAP'][:2] == first['history']['val_mAP']
 
 
 @pytest.mark.parametrize('network', ['ssd_512_mobilenet1.0_voc', 'ssd_512_resnet50_v1_custom'])

@@ -18,12 +18,16 @@ Class targets are *sparse labels* for :class:`gluon_focal.FocalLoss`
 ``background_label`` (-1) and ``ignore_label`` (-2) otherwise. Box targets are
 the offsets of ``gluoncv.nn.coder.NormalizedBoxCenterEncoder`` (zero except at
 positives).
+
+Validation needs no transform of ours: GluonCV's
+``gluoncv.data.transforms.presets.ssd.SSDDefaultValTransform(width, height)``
+resizes, normalises and keeps the labels, which is all RetinaNet needs.
 """
 import numpy as np
 import mxnet as mx
 
-__all__ = ['RetinaNetTargetGenerator', 'RetinaNetTrainTransform', 'RetinaNetValTransform',
-           'BACKGROUND_LABEL', 'IGNORE_LABEL']
+__all__ = ['RetinaNetTargetGenerator', 'RetinaNetTrainTransform', 'BACKGROUND_LABEL',
+           'IGNORE_LABEL']
 
 BACKGROUND_LABEL = -1
 IGNORE_LABEL = -2
@@ -139,23 +143,3 @@ class RetinaNetTrainTransform(object):
         img = mx.nd.image.normalize(mx.nd.image.to_tensor(img), mean=self._mean, std=self._std)
         cls_targets, box_targets = self._target_generator(self._anchors, bbox[:, :4], bbox[:, 4])
         return img, mx.nd.array(cls_targets), mx.nd.array(box_targets)
-
-
-class RetinaNetValTransform(object):
-    """Validation transform: resize to ``width`` x ``height``, normalize; returns
-    ``(img (3, H, W), label (M, 6))`` with the boxes in resized coordinates."""
-
-    def __init__(self, width, height, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)):
-        self._width, self._height = width, height
-        self._mean, self._std = mean, std
-
-    def __call__(self, src, label):
-        from gluoncv.data.transforms import bbox as tbbox, image as timage
-        h, w, _ = src.shape
-        img = timage.imresize(src, self._width, self._height, interp=1)
-        label = np.asarray(label, dtype=np.float32)
-        if label.ndim != 2:
-            label = label.reshape(-1, 6)
-        bbox = tbbox.resize(label, (w, h), (self._width, self._height))
-        img = mx.nd.image.normalize(mx.nd.image.to_tensor(img), mean=self._mean, std=self._std)
-        return img, bbox.astype(np.float32)

@@ -63,6 +63,7 @@ setup(
         'gluoncv==0.10.5.post0',
         'numpy<1.24',
         'matplotlib',
+        'pycocotools',  # COCO evaluation (GluonCV's COCODetectionMetric)
     ],
     extras_require={'test': ['pytest', 'hypothesis', 'psutil']},
 )

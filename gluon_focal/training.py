@@ -280,8 +280,10 @@ def detection_datasets(args):
     ``VOCDetection``-like items ``(HxWx3 uint8 image, (M, >=5) label)``."""
     from .detection.data import SyntheticShapesDetection, coco_detection, voc_detection
     if args.dataset == 'synthetic':
-        # train and validation images come from different seeds
-        common = dict(size=args.data_shape, min_size=args.min_object_size)
+        # train and validation images come from different seeds; rendered once
+        # (kept in memory) unless that would take more than 1 GB
+        common = dict(size=args.data_shape, min_size=args.min_object_size,
+                      cache=(args.num_train + args.num_val) * 3 * args.data_shape ** 2 < 2 ** 30)
         train_set = SyntheticShapesDetection(num_images=args.num_train, seed=args.seed, **common)
         val_set = SyntheticShapesDetection(num_images=args.num_val, seed=args.seed + 10 ** 6,
                                            **common)

@@ -77,6 +77,22 @@ def test_targets_decode_back_to_gt():
     np.testing.assert_allclose(decoded[:3], gt[[0, 1, 0]], atol=1e-3)
 
 
+def test_numpy_box_encoding_is_gluoncvs():
+    from gluoncv.nn.coder import NormalizedBoxCenterEncoder
+    rng = np.random.RandomState(0)
+    xy = rng.uniform(0, 50, (40, 2))
+    anchors = np.concatenate([xy, xy + rng.uniform(2, 30, (40, 2))], 1).astype(np.float32)
+    xy = rng.uniform(0, 50, (5, 2))
+    gt = np.concatenate([xy, xy + rng.uniform(2, 30, (5, 2))], 1).astype(np.float32)
+    matches = rng.randint(0, 5, 40)
+    stds = (0.1, 0.2, 0.3, 0.4)
+    ours = RetinaNetTargetGenerator(stds=stds).encode(anchors, gt[matches])
+    theirs, _ = NormalizedBoxCenterEncoder(stds=stds)(
+        mx.nd.ones((1, 40)), mx.nd.array(matches[None]), mx.nd.array(anchors[None]),
+        mx.nd.array(gt[None]))
+    np.testing.assert_allclose(ours, theirs[0].asnumpy(), rtol=1e-5, atol=1e-5)
+
+
 def test_targets_low_quality_matches():
     # a box whose best anchor has IoU 0.25: below both thresholds
     gt = np.array([[0, 0, 10, 10]], dtype=np.float32)

@@ -87,13 +87,16 @@ class SyntheticShapesDetection(gluon.data.Dataset):
         labelled boxes stay tight (no occlusion) with the default 0.
     transform : callable, optional
         ``transform(img, label)`` applied to each item, as in ``VOCDetection``.
+    cache : bool, default False
+        Keep every rendered image in memory (H x W x 3 bytes each), so that
+        later epochs do not render again; items are the same either way.
     """
 
     _SHAPES = CLASSES
 
     def __init__(self, num_images=512, size=192, seed=0, classes=CLASSES,
                  min_objects=1, max_objects=6, min_size=8, max_size=None,
-                 clutter=6, noise=8.0, max_overlap=0.0, transform=None):
+                 clutter=6, noise=8.0, max_overlap=0.0, transform=None, cache=False):
         super(SyntheticShapesDetection, self).__init__()
         self._num_images = int(num_images)
         self._h, self._w = _as_hw(size)
@@ -115,6 +118,7 @@ class SyntheticShapesDetection(gluon.data.Dataset):
         self._noise = float(noise)
         self._max_overlap = float(max_overlap)
         self._transform = transform
+        self._cache = {} if cache else None
 
     # -- Dataset API -------------------------------------------------------
     @property
@@ -135,7 +139,13 @@ class SyntheticShapesDetection(gluon.data.Dataset):
             idx += len(self)
         if not 0 <= idx < len(self):
             raise IndexError('index %d out of range' % idx)
-        img, label = self.render(idx)
+        if self._cache is None:
+            img, label = self.render(idx)
+        else:
+            if idx not in self._cache:
+                self._cache[idx] = self.render(idx)
+            img, label = self._cache[idx]
+            label = label.copy()  # transforms may modify it
         img = mx.nd.array(img, dtype='uint8')
         if self._transform is not None:
             return self._transform(img, label)

@@ -223,6 +223,7 @@ def train(args):
         loss, cls_loss, box_loss, speed = train_detector_epoch(
             net, train_loader, loss_fn, trainer, ctx, num_workers, schedule, epoch * iters,
             'epoch %d/%d' % (epoch + 1, args.epochs), show=is_chief)
+        # ... and the training graph just traced (for --loss multibox the detector is net)
         detector.hybridize(static_alloc=True, static_shape=True)
         stats = evaluate_detector(detector, val_loader, ctx, metric)
         for key, value in zip(('loss', 'cls_loss', 'box_loss', 'val_mAP', 'images_per_s'),

@@ -270,7 +270,7 @@ def add_detection_data_args(parser, *, num_train, num_val, data_shape, min_objec
                       help='images are resized to data-shape x data-shape')
     data.add_argument('--num-vis', type=int, default=8,
                       help='validation images drawn in detections.png')
-    data.add_argument('--vis-thresh', type=float, default=0.3,
+    data.add_argument('--vis-thresh', type=float, default=0.5,
                       help='score threshold of the drawn detections')
     return parser
 

@@ -64,6 +64,7 @@ setup(
         'gluoncv==0.10.5.post0',
         'numpy<1.24',
         'matplotlib',
+        'pycocotools',  # COCO evaluation (GluonCV's COCODetectionMetric)
     ],
     extras_require={
         # MXNet 1.9.1's ONNX exporter imports onnx.mapping, which onnx 1.19 removed

@@ -1,123 +1,118 @@
 """Train SSD with the sigmoid focal loss (or GluonCV's SSDMultiBoxLoss).
-=====================================================================
 
-This script follows GluonCV's ``scripts/detection/ssd/train_ssd.py``; the only
-change needed for focal loss is the loss object (and scoring with sigmoids at
-inference).  It runs in a few minutes on a laptop CPU with the defaults: a
-tiny SSD (:func:`gluon_focal.detection.tiny_ssd`) on 192x192 images of the
-synthetic shapes dataset.
+This script follows GluonCV's ``scripts/detection/ssd/train_ssd.py``; what
+focal loss changes is the loss object, the classifier's initialisation
+(``init_focal_bias``) and scoring with sigmoids at inference (``SigmoidSSD``).
+With the defaults it trains a tiny SSD (:func:`gluon_focal.detection.tiny_ssd`)
+on 192x192 images of the synthetic shapes in a few minutes on a CPU;
+``--network`` takes GluonCV's model-zoo SSDs, built offline for the dataset's
+classes (``pretrained_base=False`` unless ``--pretrained-base``).
 
-Quick start::
+Examples::
 
     # focal loss (default) vs. GluonCV's softmax + hard negative mining loss
     python examples/train_ssd.py --loss focal    --out-dir runs/ssd_focal
     python examples/train_ssd.py --loss multibox --out-dir runs/ssd_multibox
 
-    # continue an interrupted run from its last complete epoch
-    python examples/train_ssd.py --loss focal --out-dir runs/ssd_focal --resume
+    # a GluonCV model-zoo SSD (VGG16-atrous 300, ResNet-50 512, MobileNet 512, ...)
+    python examples/train_ssd.py --network ssd_300_vgg16_atrous_voc --lr 0.001
 
-    # a VOC-format folder (e.g. written by gluon_focal.detection.write_voc_detection,
-    # or a real VOCdevkit with --train-split trainval --val-split test)
-    python examples/train_ssd.py --dataset voc --data-root ~/data/shapes_voc
+    # continue an interrupted run; a larger --epochs extends the schedule
+    python examples/train_ssd.py --out-dir runs/ssd_focal --resume
+
+    # VOC or COCO folders (e.g. written by gluon_focal.detection.write_voc_detection /
+    # write_coco_detection, or the real datasets)
+    python examples/train_ssd.py --dataset voc --data-root ~/data/VOCdevkit
+    python examples/train_ssd.py --dataset coco --data-root ~/data/coco
 
     # two CPU contexts (the batch is split with split_and_load); --gpus 0,1 on GPUs
-    python examples/train_ssd.py --num-cpu-contexts 2 --kvstore device
+    python examples/train_ssd.py --num-cpu-contexts 2
 
-Outputs in ``--out-dir``: ``checkpoints/`` (one atomic checkpoint per epoch),
-``curves.png`` (loss and VOC07 mAP per epoch), ``detections.png``
-(detections drawn on validation images) and ``history.json``.
+Outputs in ``--out-dir``, the layout every example shares
+(``gluon_focal.training``): ``checkpoint.json`` + ``epoch-XXXX.params/.states``
+(one atomic checkpoint per epoch), ``results.json`` (per-epoch losses,
+validation mAP and images/s, final numbers, arguments), ``curves.png`` and
+``detections.png``.
 
-The pieces, in the order a reader meets them below:
-
-1. ``get_dataset``: training/validation datasets (``VOCDetection``-like items).
-2. ``get_network``: a GluonCV ``SSD``; ``SigmoidSSD`` wraps it for inference
-   when it was trained with focal loss.
-3. ``get_dataloader``: ``SSDDefaultTrainTransform`` computes the anchor
-   targets on the CPU workers, exactly as in GluonCV.
-4. ``validate``: VOC07 11-point mAP with ``VOC07MApMetric``.
-5. ``train``: the loop; ``SSDFocalMultiBoxLoss`` is a drop-in for
-   ``SSDMultiBoxLoss`` (same call, same per-device return lists).
+The steps, top to bottom: arguments -> data -> network -> loss and trainer ->
+epochs of (train, validate, checkpoint) -> results.
 """
 import argparse
-import json
-import logging
 import os
+import random
 import sys
 import time
-import warnings
 
 import numpy as np
 import mxnet as mx
-from mxnet import autograd, gluon
+from mxnet import gluon
 
 import gluoncv as gcv
 from gluoncv.data.batchify import Pad, Stack, Tuple
 from gluoncv.data.transforms.presets.ssd import SSDDefaultTrainTransform, SSDDefaultValTransform
-from gluoncv.utils.metrics.voc_detection import VOC07MApMetric
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from gluon_focal.detection import (SSDFocalMultiBoxLoss, SigmoidSSD,  # noqa: E402
-                                   SyntheticShapesDetection, init_focal_bias, ssd_anchors,
-                                   tiny_ssd, voc_detection)
-from gluon_focal.distributed import create_kvstore, rank_and_size, shard  # noqa: E402
-from gluon_focal.training import (CheckpointManager, add_training_args,  # noqa: E402
-                                  contexts_from_args, plot_curves, progress, save_figure)
+try:
+    import gluon_focal  # noqa: F401  (the installed package, with its compiled kernel)
+except ImportError:  # running from a source checkout without `pip install -e .`
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+from gluon_focal.detection import (SSDFocalMultiBoxLoss, SigmoidSSD, init_focal_bias,
+                                   ssd_anchors, tiny_ssd, zoo_ssd)
+from gluon_focal.distributed import create_kvstore, rank_and_size, shard
+from gluon_focal.training import (CheckpointManager, add_detection_data_args,
+                                  add_training_args, contexts_from_args, detection_datasets,
+                                  detection_metric, draw_detections, evaluate_detector,
+                                  plot_curves, resume, train_detector_epoch, warmup_cosine,
+                                  write_results)
 
 
+# ---------------------------------------------------------------------------
+# 1. Arguments
+# ---------------------------------------------------------------------------
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description='Train SSD with sigmoid focal loss.')
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_training_args(parser, epochs=12, batch_size=16, lr=0.02, out_dir='runs/ssd')
-    parser.add_argument('--loss', choices=('focal', 'multibox'), default='focal',
-                        help='focal: SSDFocalMultiBoxLoss; multibox: gluoncv SSDMultiBoxLoss')
-    parser.add_argument('--alpha', type=float, default=0.25, help='focal alpha')
-    parser.add_argument('--gamma', type=float, default=2.0, help='focal gamma')
-    parser.add_argument('--lambd', type=float, default=1.0, help='box loss weight')
-    parser.add_argument('--focal-impl', choices=('auto', 'fused', 'composite'), default='auto',
-                        help='gluon_focal.FocalLoss implementation')
-    parser.add_argument('--dataset', choices=('synthetic', 'voc'), default='synthetic')
-    parser.add_argument('--data-root', type=str, default='',
-                        help='VOC-format root folder (contains VOC2007/) for --dataset voc')
-    parser.add_argument('--train-split', type=str, default='train')
-    parser.add_argument('--val-split', type=str, default='val')
-    parser.add_argument('--num-train', type=int, default=480,
-                        help='synthetic training images')
-    parser.add_argument('--num-val', type=int, default=160, help='synthetic validation images')
-    parser.add_argument('--network', type=str, default='tiny',
-                        help="'tiny' or a GluonCV SSD model name, e.g. ssd_300_vgg16_atrous_voc "
-                             '(built with pretrained=False, pretrained_base=False)')
-    parser.add_argument('--data-shape', type=int, default=192, help='input image size')
-    parser.add_argument('--augment', choices=('ssd', 'light'), default='light',
-                        help="'ssd': GluonCV's full SSDDefaultTrainTransform (colour, expand, "
-                             "crop, flip); 'light': colour + flip only (converges faster "
-                             'in short runs)')
-    parser.add_argument('--wd', type=float, default=5e-4)
-    parser.add_argument('--momentum', type=float, default=0.9)
-    parser.add_argument('--warmup-epochs', type=float, default=1.0)
-    parser.add_argument('--num-vis', type=int, default=8,
-                        help='validation images drawn in detections.png')
-    parser.add_argument('--vis-thresh', type=float, default=0.3)
-    return parser.parse_args(argv)
+    add_detection_data_args(parser, num_train=480, num_val=160, data_shape=None,
+                            min_object_size=8)
+    model = parser.add_argument_group('model')
+    model.add_argument('--network', type=str, default='tiny',
+                       help="'tiny' (gluon_focal.detection.tiny_ssd) or a GluonCV model-zoo "
+                            'SSD, e.g. ssd_300_vgg16_atrous_voc, ssd_512_resnet50_v1_custom, '
+                            'ssd_512_mobilenet1.0_voc (its layout only: built for the '
+                            "dataset's classes)")
+    model.add_argument('--pretrained-base', action='store_true',
+                       help='zoo networks: ImageNet base weights from ~/.mxnet/models')
+    optim = parser.add_argument_group('loss and optimisation')
+    optim.add_argument('--loss', choices=('focal', 'multibox'), default='focal',
+                       help='focal: SSDFocalMultiBoxLoss; multibox: gluoncv SSDMultiBoxLoss')
+    optim.add_argument('--alpha', type=float, default=0.25, help='focal alpha')
+    optim.add_argument('--gamma', type=float, default=2.0, help='focal gamma')
+    optim.add_argument('--box-weight', type=float, default=1.0,
+                       help="box loss weight (SSDMultiBoxLoss's lambd)")
+    optim.add_argument('--logit-std', type=float, default=0.01,
+                       help='focal: initial spread of the class logits (init_focal_bias); '
+                            '0 sets the prior bias only')
+    optim.add_argument('--focal-impl', choices=('auto', 'fused', 'composite'), default='auto',
+                       help='gluon_focal.FocalLoss implementation')
+    optim.add_argument('--augment', choices=('ssd', 'light'), default='light',
+                       help="'ssd': GluonCV's full SSDDefaultTrainTransform (colour, expand, "
+                            "crop, flip); 'light': colour + flip only (converges faster "
+                            'in short runs)')
+    optim.add_argument('--wd', type=float, default=5e-4, help='weight decay')
+    optim.add_argument('--momentum', type=float, default=0.9, help='SGD momentum')
+    optim.add_argument('--warmup-epochs', type=float, default=1.0,
+                       help='linear learning-rate warm-up, then cosine decay')
+    args = parser.parse_args(argv)
+    if args.data_shape is None:  # the zoo name's size (ssd_300_...), 192 for tiny
+        size = args.network.split('_')[1:2]
+        args.data_shape = int(size[0]) if size and size[0].isdigit() else 192
+    return args
 
 
 # ---------------------------------------------------------------------------
-# 1. data
+# 2. Data: VOCDetection-style datasets (generated, VOC or COCO; see
+#    gluon_focal.training.detection_datasets), SSD targets computed in the loader
 # ---------------------------------------------------------------------------
-def get_dataset(args):
-    """Return (train_dataset, val_dataset, classes)."""
-    if args.dataset == 'synthetic':
-        size = args.data_shape
-        train = SyntheticShapesDetection(args.num_train, size=size, seed=args.seed)
-        val = SyntheticShapesDetection(args.num_val, size=size, seed=args.seed + 10007)
-        return train, val, train.classes
-    if not args.data_root:
-        raise SystemExit('--dataset voc needs --data-root')
-    root = os.path.expanduser(args.data_root)
-    # classes from VOC2007/classes.txt when present, else Pascal VOC's 20
-    train = voc_detection(root, args.train_split)
-    val = voc_detection(root, args.val_split)
-    return train, val, train.classes
-
-
 class LightSSDTrainTransform(SSDDefaultTrainTransform):
     """``SSDDefaultTrainTransform`` without random expansion and cropping.
 
@@ -142,209 +137,122 @@ class LightSSDTrainTransform(SSDDefaultTrainTransform):
         return img, cls_targets[0], box_targets[0]
 
 
-def get_dataloader(train_dataset, val_dataset, anchors, args, kv):
+def get_loaders(args, anchors, train_set, val_set, kv):
     """GluonCV-style loaders: training items are (image, cls_targets, box_targets)."""
     width = height = args.data_shape
-    transform_cls = SSDDefaultTrainTransform if args.augment == 'ssd' else LightSSDTrainTransform
-    train_dataset = shard(train_dataset, kv)  # this worker's part when distributed
-    batchify_fn = Tuple(Stack(), Stack(), Stack())  # image, cls_targets, box_targets
+    transform = SSDDefaultTrainTransform if args.augment == 'ssd' else LightSSDTrainTransform
     train_loader = gluon.data.DataLoader(
-        train_dataset.transform(transform_cls(width, height, anchors)),
-        args.batch_size, shuffle=True, batchify_fn=batchify_fn, last_batch='rollover',
+        shard(train_set, kv).transform(transform(width, height, anchors)), args.batch_size,
+        shuffle=True, batchify_fn=Tuple(Stack(), Stack(), Stack()), last_batch='rollover',
         num_workers=args.num_workers)
-    val_batchify_fn = Tuple(Stack(), Pad(pad_val=-1))
     val_loader = gluon.data.DataLoader(
-        val_dataset.transform(SSDDefaultValTransform(width, height)),
-        args.batch_size, shuffle=False, batchify_fn=val_batchify_fn, last_batch='keep',
+        val_set.transform(SSDDefaultValTransform(width, height)), args.batch_size,
+        shuffle=False, batchify_fn=Tuple(Stack(), Pad(pad_val=-1)), last_batch='keep',
         num_workers=args.num_workers)
     return train_loader, val_loader
 
 
 # ---------------------------------------------------------------------------
-# 2. network
+# 3. Network: a GluonCV SSD; SigmoidSSD scores it with sigmoids after focal training
 # ---------------------------------------------------------------------------
 def get_network(args, classes, ctx):
     """Return (net, detector): ``net`` is trained, ``detector`` is used for inference."""
     if args.network == 'tiny':
         net = tiny_ssd(classes, base_size=args.data_shape)
-    else:
-        net = gcv.model_zoo.get_model(args.network, pretrained=False, pretrained_base=False)
-        net.reset_class(classes)
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
         net.initialize(mx.init.Xavier(), ctx=ctx)
+    else:  # initialized as GluonCV's train_ssd.py does
+        net = zoo_ssd(args.network, classes, ctx=ctx, pretrained_base=args.pretrained_base)
     # A focal-trained head only learns the foreground columns: score them with
     # sigmoids at inference (GluonCV's SSD would apply a softmax).
     detector = SigmoidSSD(net) if args.loss == 'focal' else net
+    detector.set_nms(nms_thresh=0.45, nms_topk=400)
     return net, detector
 
 
 # ---------------------------------------------------------------------------
-# 3. validation
-# ---------------------------------------------------------------------------
-def validate(detector, val_loader, ctx, classes):
-    """VOC07 11-point mAP at IoU 0.5 (difficult objects ignored)."""
-    metric = VOC07MApMetric(iou_thresh=0.5, class_names=classes)
-    detector.set_nms(nms_thresh=0.45, nms_topk=400)
-    mx.nd.waitall()
-    for batch in val_loader:
-        data = gluon.utils.split_and_load(batch[0], ctx_list=ctx, batch_axis=0, even_split=False)
-        label = gluon.utils.split_and_load(batch[1], ctx_list=ctx, batch_axis=0,
-                                           even_split=False)
-        det_bboxes, det_ids, det_scores = [], [], []
-        gt_bboxes, gt_ids, gt_difficults = [], [], []
-        for x, y in zip(data, label):
-            ids, scores, bboxes = detector(x)
-            det_ids.append(ids)
-            det_scores.append(scores)
-            det_bboxes.append(bboxes.clip(0, batch[0].shape[2]))
-            gt_ids.append(y.slice_axis(axis=-1, begin=4, end=5))
-            gt_bboxes.append(y.slice_axis(axis=-1, begin=0, end=4))
-            gt_difficults.append(y.slice_axis(axis=-1, begin=5, end=6)
-                                 if y.shape[-1] > 5 else None)
-        metric.update(det_bboxes, det_ids, det_scores, gt_bboxes, gt_ids, gt_difficults)
-    names, values = metric.get()
-    return dict(zip(names, values))
-
-
-def draw_detections(detector, dataset, classes, path, num, thresh, data_shape, ctx):
-    """Draw the detections of the first ``num`` validation images into one PNG."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    from gluoncv.utils.viz import plot_bbox
-    num = min(num, len(dataset))
-    cols = min(4, num)
-    rows = (num + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows))
-    axes = np.array(axes).reshape(-1)
-    transform = SSDDefaultValTransform(data_shape, data_shape)
-    for i, ax in enumerate(axes):
-        ax.axis('off')
-        if i >= num:
-            continue
-        img, label = dataset[i]
-        x, _ = transform(img, label)
-        ids, scores, bboxes = detector(x.expand_dims(0).as_in_context(ctx[0]))
-        h, w = img.shape[:2]
-        scale = np.array([w / data_shape, h / data_shape] * 2)
-        plot_bbox(img.asnumpy(), bboxes[0].asnumpy() * scale, scores[0].asnumpy(),
-                  ids[0].asnumpy(), thresh=thresh, class_names=classes, ax=ax, linewidth=1.5,
-                  fontsize=7)
-        ax.set_title('%d objects' % len(label), fontsize=8)
-        ax.axis('off')
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
-# ---------------------------------------------------------------------------
-# 4. training
+# 4. Training: epochs of (train, validate, checkpoint), then the results
 # ---------------------------------------------------------------------------
 def train(args):
-    logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s')
-    mx.random.seed(args.seed)
+    start = time.time()
+    random.seed(args.seed)
     np.random.seed(args.seed)
+    mx.random.seed(args.seed)
     ctx = contexts_from_args(args)
     kv = create_kvstore(args.kvstore)
     rank, num_workers = rank_and_size(kv)
-    is_main = rank == 0
+    is_chief = rank == 0
     os.makedirs(args.out_dir, exist_ok=True)
+    log = print if is_chief else (lambda *a, **k: None)
 
-    train_dataset, val_dataset, classes = get_dataset(args)
+    train_set, val_set, classes = detection_datasets(args)
     net, detector = get_network(args, classes, ctx)
     anchors = ssd_anchors(net, (args.data_shape, args.data_shape))
-    if args.loss == 'focal':
-        init_focal_bias(net, prior=0.01)  # RetinaNet's prior-probability init
-    train_loader, val_loader = get_dataloader(train_dataset, val_dataset, anchors, args, kv)
-    net.hybridize(static_alloc=True, static_shape=True)
-    detector.hybridize(static_alloc=True, static_shape=True)
+    if args.loss == 'focal':  # RetinaNet's classifier initialisation: prior bias, small spread
+        init_focal_bias(net, prior=0.01, logit_std=args.logit_std or None)
+    train_loader, val_loader = get_loaders(args, anchors, train_set, val_set, kv)
+    log('%s SSD (%s) on %s: %d train / %d val images, %d anchors, contexts %s' % (
+        args.loss, args.network, args.dataset, len(train_set), len(val_set), anchors.shape[1],
+        ctx))
 
     if args.loss == 'focal':
-        mbox_loss = SSDFocalMultiBoxLoss(alpha=args.alpha, gamma=args.gamma, lambd=args.lambd,
-                                         impl=args.focal_impl)
+        loss_fn = SSDFocalMultiBoxLoss(alpha=args.alpha, gamma=args.gamma,
+                                       box_weight=args.box_weight, impl=args.focal_impl)
     else:
-        mbox_loss = gcv.loss.SSDMultiBoxLoss(lambd=args.lambd)
+        loss_fn = gcv.loss.SSDMultiBoxLoss(lambd=args.box_weight)
+    iters = len(train_loader)
+    schedule = warmup_cosine(args.lr, args.epochs, iters, args.warmup_epochs)
+    trainer = gluon.Trainer(net.collect_params(), 'sgd',
+                            {'wd': args.wd, 'momentum': args.momentum, 'lr_scheduler': schedule},
+                            kvstore=kv)
+    metric = detection_metric(args.dataset, val_set, classes, args.data_shape, args.out_dir)
 
-    # linear warm-up, then cosine decay, per iteration (MXNet's own scheduler: under
-    # dist_* kvstores the optimizer is pickled to the servers, which cannot import gluoncv)
-    iters_per_epoch = len(train_loader)
-    total = max(1, args.epochs * iters_per_epoch)
-    lr_scheduler = mx.lr_scheduler.CosineScheduler(
-        max_update=total, base_lr=args.lr, final_lr=0,
-        warmup_steps=min(int(args.warmup_epochs * iters_per_epoch), total - 1),
-        warmup_begin_lr=args.lr * 0.01)
-    trainer = gluon.Trainer(
-        net.collect_params(), 'sgd',
-        {'wd': args.wd, 'momentum': args.momentum,
-         'lr_scheduler': lr_scheduler, 'rescale_grad': 1.0 / num_workers},
-        kvstore=kv)
-
-    ckpt = CheckpointManager(os.path.join(args.out_dir, 'checkpoints'))
+    checkpoints = CheckpointManager(args.out_dir)
     start_epoch, history = 0, {}
     if args.resume:
-        start_epoch, history = ckpt.restore(net, trainer, ctx=ctx)
-        logging.info('resumed at epoch %d', start_epoch)
-    for key in ('loss', 'cls_loss', 'box_loss', 'val_mAP', 'epoch_time_s'):
+        start_epoch, history = resume(checkpoints, net, trainer, schedule, args.epochs, iters,
+                                      ctx)
+        log('resumed after epoch %d of %d' % (start_epoch, args.epochs) if start_epoch else
+            'nothing to resume, starting from scratch')
+    for key in ('loss', 'cls_loss', 'box_loss', 'val_mAP', 'images_per_s'):
         history.setdefault(key, [])
-    logging.info('%s SSD on %s: %d train / %d val images, %d anchors, contexts %s',
-                 args.loss, args.dataset, len(train_dataset), len(val_dataset),
-                 anchors.shape[1], ctx)
 
-    for epoch in range(start_epoch, args.epochs):
-        tic = time.time()
-        sums = np.zeros(3)
-        # hybridize() drops the cached graph: validation built an inference-mode
-        # one (SSD returns detections there), training needs the training-mode one
+    for epoch in range(start_epoch, args.epochs):  # epoch + 1 is its number
+        # a hybridized SSD caches one graph, training or inference: drop the one
+        # validation traced
         net.hybridize(static_alloc=True, static_shape=True)
-        bar = progress(train_loader, total=iters_per_epoch,
-                       desc='epoch %d/%d' % (epoch + 1, args.epochs))
-        for i, batch in enumerate(bar):
-            # Stack() gives cpu_shared arrays: split_and_load copies them to each context
-            data = gluon.utils.split_and_load(batch[0], ctx_list=ctx, batch_axis=0)
-            cls_targets = gluon.utils.split_and_load(batch[1], ctx_list=ctx, batch_axis=0)
-            box_targets = gluon.utils.split_and_load(batch[2], ctx_list=ctx, batch_axis=0)
-            with autograd.record():
-                cls_preds, box_preds = [], []
-                for x in data:
-                    cls_pred, box_pred, _ = net(x)
-                    cls_preds.append(cls_pred)
-                    box_preds.append(box_pred)
-                sum_loss, cls_loss, box_loss = mbox_loss(
-                    cls_preds, box_preds, cls_targets, box_targets)
-                autograd.backward(sum_loss)
-            # the losses are already normalized by the number of positive anchors
-            trainer.step(1)
-            batch_losses = np.array([sum(l.sum().asscalar() for l in ls)
-                                     for ls in (sum_loss, cls_loss, box_loss)])
-            sums += batch_losses
-            bar.set_postfix(loss='%.3f' % (sums[0] / (i + 1)), lr='%.4f' % trainer.learning_rate)
-        bar.close()
-        means = sums / max(1, iters_per_epoch)
-        val = validate(detector, val_loader, ctx, classes)
-        elapsed = time.time() - tic
-        for key, value in zip(('loss', 'cls_loss', 'box_loss'), means):
+        loss, cls_loss, box_loss, speed = train_detector_epoch(
+            net, train_loader, loss_fn, trainer, ctx, num_workers, schedule, epoch * iters,
+            'epoch %d/%d' % (epoch + 1, args.epochs), show=is_chief)
+        # ... and the training graph just traced (for --loss multibox the detector is net)
+        detector.hybridize(static_alloc=True, static_shape=True)
+        stats = evaluate_detector(detector, val_loader, ctx, metric)
+        for key, value in zip(('loss', 'cls_loss', 'box_loss', 'val_mAP', 'images_per_s'),
+                              (loss, cls_loss, box_loss, stats['mAP'], speed)):
             history[key].append(float(value))
-        history['val_mAP'].append(float(val['mAP']))
-        history['epoch_time_s'].append(round(elapsed, 1))
-        logging.info('[epoch %d] loss %.4f (cls %.4f box %.4f)  val mAP %.4f  %.1fs', epoch + 1,
-                     means[0], means[1], means[2], val['mAP'], elapsed)
-        if is_main:
-            ckpt.save(epoch, net, trainer, history)
+        log('[epoch %d] loss %.4f (cls %.4f, box %.4f)  val mAP %.4f  (%s)  %.0f img/s  %.0fs'
+            % (epoch + 1, loss, cls_loss, box_loss, stats['mAP'],
+               ', '.join('%s %.2f' % (c, stats[c]) for c in classes if c in stats),
+               speed * num_workers, time.time() - start))
+        if is_chief:  # atomic: a crash leaves the previous epoch's
+            checkpoints.save(epoch, net, trainer, history)
             plot_curves({k: history[k] for k in ('loss', 'cls_loss', 'box_loss', 'val_mAP')},
                         os.path.join(args.out_dir, 'curves.png'),
                         title='SSD %s loss on %s' % (args.loss, args.dataset))
 
-    if is_main and history['val_mAP']:
-        final = validate(detector, val_loader, ctx, classes)
-        summary = {'args': vars(args), 'final_val': final, 'history': history}
-        with open(os.path.join(args.out_dir, 'history.json'), 'w') as f:
-            json.dump(summary, f, indent=1)
+    if is_chief and history['val_mAP']:
         if args.num_vis > 0:
-            draw_detections(detector, val_dataset, classes,
-                            os.path.join(args.out_dir, 'detections.png'), args.num_vis,
-                            args.vis_thresh, args.data_shape, ctx)
-        logging.info('final val mAP %.4f; per class: %s', final['mAP'],
-                     ', '.join('%s %.3f' % (k, v) for k, v in final.items() if k != 'mAP'))
+            draw_detections(detector, val_set, classes,
+                            os.path.join(args.out_dir, 'detections.png'), ctx, args.data_shape,
+                            num=args.num_vis, thresh=args.vis_thresh,
+                            title='SSD (%s loss) detections (score > %.2f)' % (
+                                args.loss, args.vis_thresh))
+        write_results(os.path.join(args.out_dir, 'results.json'), history,
+                      final={'val_mAP': history['val_mAP'][-1]},
+                      seconds_this_run=time.time() - start, args=vars(args))
+        print('final validation mAP %.4f after %d epochs (%.0f s this run, %.0f img/s); '
+              'results, curves, detections and checkpoints in %s' % (
+                  history['val_mAP'][-1], len(history['val_mAP']), time.time() - start,
+                  history['images_per_s'][-1] * num_workers, args.out_dir))
     return history
 
 

@@ -132,6 +132,33 @@ def _register_converters():
         nodes[-1].name = name
         return nodes
 
+    resize_sized = MXNetGraph.registry_[12]['_contrib_BilinearResize2D']
+
+    @MXNetGraph.register('_contrib_BilinearResize2D', OPSET)
+    def convert_bilinear_resize(node, **kwargs):
+        """mode='like' (decoders resizing onto a skip connection): ONNX Resize to
+        the second input's H and W; every other mode is MXNet's own converter."""
+        name, inputs, attrs = get_inputs(node, kwargs)
+        if attrs.get('mode', 'size') != 'like':
+            return resize_sized(node, **kwargs)
+        if attrs.get('align_corners', 'True') in ('False', '0'):
+            raise ValueError('BilinearResize2D %r with align_corners=False has no ONNX '
+                             'converter here; use the default align_corners=True' % name)
+        for suffix, value in (('_0', 0), ('_2', 2), ('_4', 4)):
+            create_tensor([value], name + suffix, kwargs['initializer'])
+        create_tensor([], name + '_roi', kwargs['initializer'], dtype='float32')
+        create_tensor([], name + '_scales', kwargs['initializer'], dtype='float32')
+        return [
+            make_node('Shape', [inputs[0]], [name + '_data_shape']),
+            make_node('Shape', [inputs[1]], [name + '_like_shape']),
+            make_node('Slice', [name + '_data_shape', name + '_0', name + '_2'], [name + '_nc']),
+            make_node('Slice', [name + '_like_shape', name + '_2', name + '_4'], [name + '_hw']),
+            make_node('Concat', [name + '_nc', name + '_hw'], [name + '_sizes'], axis=0),
+            make_node('Resize', [inputs[0], name + '_roi', name + '_scales', name + '_sizes'],
+                      [name], mode='linear', coordinate_transformation_mode='align_corners',
+                      name=name),
+        ]
+
     @MXNetGraph.register('_contrib_boolean_mask', OPSET)
     def convert_boolean_mask(node, **kwargs):
         """boolean_mask(data, index, axis) is ONNX Compress."""

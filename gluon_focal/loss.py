@@ -174,6 +174,9 @@ class FocalLoss(Loss):
         'fused' runs the compiled one-pass kernel, 'composite' chains MXNet
         operators (graphs any MXNet runtime can load); 'auto' picks the
         kernel when it is loaded.
+    validate : bool, default True
+        Check the label values (and probabilities) of every NDArray call.
+        False skips that check (a device sync) for labels valid by construction.
 
     Inputs:
         - **pred**: logits (or probabilities), any shape with a class axis.
@@ -187,7 +190,7 @@ class FocalLoss(Loss):
     def __init__(self, num_class=None, axis=-1, label_mode='auto', alpha=0.25, gamma=2.0,
                  from_sigmoid=False, ignore_label=None, background_label=None,
                  normalization='mean', weight=None, batch_axis=0, eps=1e-12, impl='auto',
-                 **kwargs):
+                 validate=True, **kwargs):
         super(FocalLoss, self).__init__(_check_weight(weight), batch_axis, **kwargs)
         self._num_class = _check_num_class(num_class)
         self._axis = _check_int('axis', axis)
@@ -206,6 +209,7 @@ class FocalLoss(Loss):
             raise ValueError('eps=%r must be in [0, 0.5).' % eps)
         self._impl = _choose_impl(impl)
         self._impl_requested = impl
+        self._validate = bool(validate)
         self._resolved = None
         self._run_fused = False
         self._grad_add = False
@@ -230,7 +234,7 @@ class FocalLoss(Loss):
                 raise ValueError('background_label applies to sparse labels only, but label '
                                  'shape %s resolved to the %s mode for pred shape %s.'
                                  % (label.shape, resolved.mode, pred.shape))
-            if not self._active:
+            if self._validate and not self._active:
                 self._check_values(pred, label, resolved)
             fused = self._impl == 'fused' and self._kernel_takes(resolved, pred.ndim)
             # the kernel cannot see grad_req='add' on an input that owns its gradient

@@ -1,19 +1,38 @@
-"""Small pieces every training example shares: arguments, contexts,
-crash-safe checkpoints, a progress bar and curve plots."""
+"""The pieces every training example shares, so that they follow one convention.
+
+* arguments (:func:`add_training_args`, defaults shown by ``--help``) and contexts;
+* one gradient convention (:func:`step`): each worker's loss is a mean (over
+  its samples, or over the batch's positive anchors for detection), and the
+  kvstore's sum over workers is divided by their number;
+* one learning-rate schedule (:func:`warmup_cosine`) and resuming that keeps
+  it right (:func:`resume`): a larger ``--epochs`` extends the schedule to the
+  new end, a smaller one than already trained is refused;
+* one output layout in ``--out-dir``: ``checkpoint.json`` + ``epoch-XXXX.params``
+  / ``.states`` (:class:`CheckpointManager`; ``XXXX`` is the 0-based epoch
+  index), ``results.json`` (per-epoch metrics, epochs numbered from 1, final
+  metrics, arguments; :func:`write_results`), ``curves.png``
+  (:func:`plot_curves`) and a predictions PNG;
+* for the detection examples: datasets (generated shapes, VOC or COCO
+  folders), VOC07 or COCO evaluation, and drawing detections.
+"""
+import contextlib
 import glob
+import io
 import json
 import os
 import tempfile
+import time
 
+import numpy as np
 import mxnet as mx
 
 
 def add_training_args(parser, *, epochs, batch_size, lr, out_dir):
     """Add the arguments every example takes, with example-specific defaults."""
-    parser.add_argument('--epochs', type=int, default=epochs)
+    parser.add_argument('--epochs', type=int, default=epochs, help='number of epochs')
     parser.add_argument('--batch-size', type=int, default=batch_size,
                         help='total batch size over all contexts')
-    parser.add_argument('--lr', type=float, default=lr)
+    parser.add_argument('--lr', type=float, default=lr, help='peak learning rate')
     parser.add_argument('--gpus', type=str, default='',
                         help='comma-separated GPU ids; empty means CPU')
     parser.add_argument('--num-cpu-contexts', type=int, default=1,
@@ -22,10 +41,11 @@ def add_training_args(parser, *, epochs, batch_size, lr, out_dir):
                         help='local, device, dist_sync or dist_device_sync')
     parser.add_argument('--num-workers', type=int, default=0,
                         help='data-loader worker processes')
-    parser.add_argument('--out-dir', type=str, default=out_dir)
+    parser.add_argument('--out-dir', type=str, default=out_dir,
+                        help='checkpoints, results.json, curves.png and detections go here')
     parser.add_argument('--resume', action='store_true',
                         help='continue from the last complete checkpoint in --out-dir')
-    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--seed', type=int, default=0, help='random seed (data and init)')
     return parser
 
 
@@ -123,10 +143,10 @@ class CheckpointManager:
         return entry['epoch'] + 1, entry['history']
 
 
-def progress(iterable, total=None, desc=''):
+def progress(iterable, total=None, desc='', disable=False):
     """A tqdm progress bar (gluoncv depends on tqdm) that also works in logs."""
     from tqdm import tqdm
-    return tqdm(iterable, total=total, desc=desc, ncols=90, mininterval=1.0)
+    return tqdm(iterable, total=total, desc=desc, ncols=100, mininterval=1.0, disable=disable)
 
 
 def plot_curves(history, path, title=''):
@@ -153,3 +173,239 @@ def save_figure(fig, path, dpi=100):
     import matplotlib.pyplot as plt
     _atomic_write(path, lambda tmp: fig.savefig(tmp, format='png', dpi=dpi))
     plt.close(fig)
+
+
+# ---------------------------------------------------------------------------
+# one gradient convention, one schedule, resuming
+# ---------------------------------------------------------------------------
+def step(trainer, num_workers, batch_size=1):
+    """``trainer.step`` with the examples' one gradient convention.
+
+    The gradient applied is that of the loss averaged over everything the
+    step saw: each worker's summed per-sample losses are divided by
+    ``batch_size`` (its samples; 1 for losses already normalised per positive
+    anchor, as the detection losses are) and the kvstore's sum over the
+    ``num_workers`` dist workers by their number."""
+    trainer.step(batch_size * num_workers)
+
+
+def warmup_cosine(lr, epochs, iters_per_epoch, warmup_epochs=1.0, final_lr=0.0):
+    """Per-iteration linear warm-up from ``lr / 100``, then cosine decay to
+    ``final_lr`` at the end of ``epochs``.  MXNet's own scheduler: under dist_*
+    kvstores the optimizer is pickled to the servers, which cannot import gluoncv."""
+    total = max(1, epochs * iters_per_epoch)
+    warmup = min(int(round(warmup_epochs * iters_per_epoch)), total // 2)
+    return mx.lr_scheduler.CosineScheduler(max_update=total, base_lr=lr, final_lr=final_lr,
+                                           warmup_steps=warmup, warmup_begin_lr=lr * 0.01)
+
+
+def resume(checkpoints, net, trainer, schedule, epochs, iters_per_epoch, ctx=None):
+    """Continue from the last complete checkpoint; return ``(start_epoch, history)``
+    (``start_epoch``: 0-based index of the next epoch; ``(0, {})`` without one).
+
+    Weights and optimizer state (momentum, update count) come from the
+    checkpoint, the learning-rate schedule from this run: with a larger
+    ``epochs`` the schedule runs to the new end from where training stopped.
+    A checkpoint with more epochs than ``epochs`` is refused."""
+    entry = checkpoints.latest()
+    if entry is None:
+        return 0, {}
+    done = entry['epoch'] + 1
+    if done > epochs:
+        raise SystemExit('--resume: %s holds %d trained epochs but --epochs is %d; pass '
+                         '--epochs %d or more to continue (the learning-rate schedule is '
+                         'extended to the new end)' % (checkpoints.directory, done, epochs, done))
+    start, history = checkpoints.restore(net, trainer, ctx=ctx)
+    optimizer = trainer.optimizer
+    optimizer.lr_scheduler = schedule  # the saved optimizer carries the old run's schedule
+    if not entry['states']:  # dist_*: weights only; the update count restarts here
+        optimizer.begin_num_update = optimizer.num_update = start * iters_per_epoch
+    return start, history
+
+
+def write_results(path, history, final=None, **extra):
+    """Write ``results.json`` atomically: ``epochs`` (numbered from 1), the
+    per-epoch ``history`` ({metric: [value per epoch]}), ``final`` metrics and
+    anything in ``extra`` (e.g. ``args=vars(args)``)."""
+    length = max([len(v) for v in history.values()] + [0])
+    results = dict(epochs=list(range(1, length + 1)), history=history, final=final or {})
+    results.update(extra)
+
+    def write(tmp):
+        with open(tmp, 'w') as f:
+            json.dump(results, f, indent=1, default=str)
+    _atomic_write(path, write)
+    return results
+
+
+# ---------------------------------------------------------------------------
+# detection examples: data, one training epoch, evaluation, drawing
+# ---------------------------------------------------------------------------
+DETECTION_SPLITS = {'voc': ('trainval', 'test'), 'coco': ('train2017', 'val2017')}
+
+
+def add_detection_data_args(parser, *, num_train, num_val, data_shape, min_object_size):
+    """The data arguments of the detection examples."""
+    data = parser.add_argument_group('data')
+    data.add_argument('--dataset', choices=('synthetic', 'voc', 'coco'), default='synthetic',
+                      help='generated shapes, or a VOC / COCO folder under --data-root')
+    data.add_argument('--data-root', type=str, default='',
+                      help='voc: the folder holding VOC<year>/; coco: the folder holding '
+                           'annotations/instances_<split>.json and <split>/')
+    data.add_argument('--train-split', type=str, default=None,
+                      help='comma-separated VOC image sets or one COCO split; default: '
+                           'trainval (voc), train2017 (coco)')
+    data.add_argument('--val-split', type=str, default=None,
+                      help='default: test (voc), val2017 (coco)')
+    data.add_argument('--voc-year', type=int, default=2007, help='voc: the VOC<year> folder')
+    data.add_argument('--classes', type=str, default='',
+                      help='voc: class names, comma-separated; default VOC<year>/classes.txt '
+                           "if present, else Pascal VOC's 20 (coco: always the json's)")
+    data.add_argument('--num-train', type=int, default=num_train,
+                      help='synthetic training images')
+    data.add_argument('--num-val', type=int, default=num_val, help='synthetic validation images')
+    data.add_argument('--min-object-size', type=int, default=min_object_size,
+                      help='synthetic: smallest object side in pixels')
+    data.add_argument('--data-shape', type=int, default=data_shape,
+                      help='images are resized to data-shape x data-shape')
+    data.add_argument('--num-vis', type=int, default=8,
+                      help='validation images drawn in detections.png')
+    data.add_argument('--vis-thresh', type=float, default=0.5,
+                      help='score threshold of the drawn detections')
+    return parser
+
+
+def detection_datasets(args):
+    """``(train_set, val_set, classes)`` for ``--dataset synthetic|voc|coco``:
+    ``VOCDetection``-like items ``(HxWx3 uint8 image, (M, >=5) label)``."""
+    from .detection.data import SyntheticShapesDetection, coco_detection, voc_detection
+    if args.dataset == 'synthetic':
+        # train and validation images come from different seeds; rendered once
+        # (kept in memory) unless that would take more than 1 GB
+        common = dict(size=args.data_shape, min_size=args.min_object_size,
+                      cache=(args.num_train + args.num_val) * 3 * args.data_shape ** 2 < 2 ** 30)
+        train_set = SyntheticShapesDetection(num_images=args.num_train, seed=args.seed, **common)
+        val_set = SyntheticShapesDetection(num_images=args.num_val, seed=args.seed + 10 ** 6,
+                                           **common)
+        return train_set, val_set, list(train_set.classes)
+    if not args.data_root:
+        raise SystemExit('--dataset %s needs --data-root' % args.dataset)
+    train_split = args.train_split or DETECTION_SPLITS[args.dataset][0]
+    val_split = args.val_split or DETECTION_SPLITS[args.dataset][1]
+    if args.dataset == 'coco':
+        # every validation image is scored, also those without objects
+        train_set = coco_detection(args.data_root, train_split)
+        val_set = coco_detection(args.data_root, val_split, skip_empty=False)
+    else:
+        classes = [c for c in args.classes.split(',') if c] or None
+        train_set, val_set = [voc_detection(args.data_root, split.split(','), classes=classes,
+                                            year=args.voc_year)
+                              for split in (train_split, val_split)]
+    return train_set, val_set, list(train_set.classes)
+
+
+def train_detector_epoch(net, loader, loss_fn, trainer, ctx, num_workers, schedule,
+                         first_update, desc, show=True):
+    """One epoch of a GluonCV-style detector (RetinaNet, SSD): batches of
+    ``(images, cls_targets, box_targets)`` split over ``ctx``, ``net`` in
+    training mode giving ``(cls_preds, box_preds, anchors)``, a loss with
+    GluonCV's ``(cls_preds, box_preds, cls_targets, box_targets)`` call and
+    per-device list returns, normalised per positive anchor (:func:`step`).
+
+    The bar shows the running loss and the learning rate of the update being
+    made (read from ``schedule``: under dist_* the optimizer on this worker
+    never counts updates).  Returns ``(mean total, cls, box loss per batch,
+    images per second)``."""
+    from mxnet import autograd, gluon
+    sums, batches, images = np.zeros(3), 0, 0
+    tic = time.time()
+    bar = progress(loader, total=len(loader), desc=desc, disable=not show)
+    for batch in bar:
+        data, cls_targets, box_targets = [
+            gluon.utils.split_and_load(part, ctx_list=ctx, batch_axis=0) for part in batch]
+        with autograd.record():
+            outputs = [net(x) for x in data]
+            totals, cls_losses, box_losses = loss_fn(
+                [o[0] for o in outputs], [o[1] for o in outputs], cls_targets, box_targets)
+        autograd.backward(totals)
+        step(trainer, num_workers)  # the losses are already means per positive anchor
+        sums += [sum(v.sum().asscalar() for v in part)
+                 for part in (totals, cls_losses, box_losses)]
+        batches += 1
+        images += batch[0].shape[0]
+        bar.set_postfix(loss='%.3f' % (sums[0] / batches),
+                        lr='%.2e' % schedule(first_update + batches))
+    bar.close()
+    means = sums / max(1, batches)
+    return means[0], means[1], means[2], images / max(1e-9, time.time() - tic)
+
+
+def detection_metric(dataset, val_set, classes, data_shape, out_dir):
+    """VOC07 11-point mAP at IoU 0.5 (generated and VOC data), or COCO's
+    mAP@[.5:.95] through pycocotools (``--dataset coco``), both GluonCV's."""
+    if dataset == 'coco':
+        from gluoncv.utils.metrics.coco_detection import COCODetectionMetric
+        with contextlib.redirect_stdout(io.StringIO()):
+            return COCODetectionMetric(val_set, os.path.join(out_dir, 'coco_eval'),
+                                       use_time=False, cleanup=True,
+                                       data_shape=(data_shape, data_shape))
+    from gluoncv.utils.metrics.voc_detection import VOC07MApMetric
+    return VOC07MApMetric(iou_thresh=0.5, class_names=classes)
+
+
+def evaluate_detector(detector, val_loader, ctx, metric):
+    """Run ``detector`` (inference mode: ``ids, scores, bboxes``) over
+    ``val_loader`` (``(images, padded labels)`` in the images' coordinates) and
+    return ``{'mAP': ..., class name: AP, ...}`` (COCO adds ``AP50``)."""
+    from mxnet import gluon
+    metric.reset()
+    for batch in val_loader:
+        data, labels = [gluon.utils.split_and_load(part, ctx_list=ctx, batch_axis=0,
+                                                   even_split=False) for part in batch]
+        for x, y in zip(data, labels):
+            ids, scores, bboxes = detector(x)
+            metric.update(bboxes.clip(0, max(x.shape[2:])), ids, scores,
+                          y.slice_axis(axis=-1, begin=0, end=4),
+                          y.slice_axis(axis=-1, begin=4, end=5),
+                          y.slice_axis(axis=-1, begin=5, end=6) if y.shape[-1] > 5 else None)
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+        names, values = metric.get()
+    coco_eval = getattr(metric, '_coco_eval', None)
+    if coco_eval is None:
+        return {name: float(value) for name, value in zip(names, values)}
+    # COCODetectionMetric gives percent strings: a summary, the classes, then mAP
+    result = {name: float(value) / 100 for name, value in zip(names[1:-1], values[1:-1])}
+    result.update(mAP=float(coco_eval.stats[0]), AP50=float(coco_eval.stats[1]))
+    return result
+
+
+def draw_detections(detector, dataset, classes, path, ctx, data_shape, num=8, thresh=0.3,
+                    title=''):
+    """Draw the detections on the first ``num`` images of ``dataset`` (raw
+    ``(img, label)`` items) into one PNG, boxes scaled back to each image."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    from gluoncv.data.transforms.presets.ssd import SSDDefaultValTransform
+    from gluoncv.utils.viz import plot_bbox
+    num = min(num, len(dataset))
+    cols = max(1, min(4, num))
+    rows = max(1, (num + cols - 1) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    transform = SSDDefaultValTransform(data_shape, data_shape)
+    for i, ax in enumerate(axes.reshape(-1)):
+        ax.axis('off')
+        if i >= num:
+            continue
+        img, label = dataset[i]
+        x, _ = transform(img, label)
+        ids, scores, bboxes = detector(x.expand_dims(0).as_in_context(ctx[0]))
+        h, w = img.shape[:2]
+        scale = np.array([w / data_shape, h / data_shape] * 2)
+        plot_bbox(img.asnumpy(), bboxes[0].clip(0, data_shape).asnumpy() * scale,
+                  scores[0].asnumpy(), ids[0].asnumpy(), thresh=thresh, class_names=classes,
+                  ax=ax, linewidth=1.5, fontsize=7)
+        ax.axis('off')
+    fig.suptitle(title or 'detections (score > %.2f)' % thresh)
+    fig.tight_layout()
+    save_figure(fig, path)

@@ -42,6 +42,18 @@ def test_deterministic_and_order_independent():
         a[5]
 
 
+def test_cache_gives_the_same_items():
+    plain = SyntheticShapesDetection(num_images=4, size=48, seed=2)
+    cached = SyntheticShapesDetection(num_images=4, size=48, seed=2, cache=True)
+    for _ in range(2):  # rendered, then from the cache
+        for i in range(4):
+            (ia, la), (ib, lb) = plain[i], cached[i]
+            np.testing.assert_array_equal(ia.asnumpy(), ib.asnumpy())
+            np.testing.assert_array_equal(la, lb)
+            lb[:] = -5  # a transform writing into its label does not reach the cache
+    assert cached._cache is not None and len(cached._cache) == 4
+
+
 def test_boxes_valid_tight_and_diverse():
     h, w = 112, 144
     ds = SyntheticShapesDetection(num_images=40, size=(h, w), seed=0, noise=0, clutter=0)

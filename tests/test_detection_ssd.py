@@ -24,7 +24,7 @@ def _sigmoid(x):
 
 
 def reference_losses(cls_preds, box_preds, cls_targets, box_targets, alpha=0.25, gamma=2.0,
-                     rho=1.0, lambd=1.0):
+                     rho=1.0, box_weight=1.0):
     """Independent float64 numpy: focal on foreground columns, smooth-L1 on
     positives, both / positives over all devices."""
     num_pos = max(1.0, sum(float((ct > 0).sum()) for ct in cls_targets))
@@ -42,7 +42,7 @@ def reference_losses(cls_preds, box_preds, cls_targets, box_targets, alpha=0.25,
         d = np.abs(bp - bt)
         sl1 = np.where(d > rho, d - 0.5 * rho, 0.5 / rho * d ** 2) * (ct > 0)[..., None]
         box = sl1.reshape(len(bp), -1).sum(1) / num_pos
-        out.append((cls + lambd * box, cls, box))
+        out.append((cls + box_weight * box, cls, box))
     return out
 
 
@@ -112,7 +112,7 @@ def test_matches_numpy_on_hand_made_case():
     bt = [rng.randn(2, 4, 4).astype(np.float32), rng.randn(1, 4, 4).astype(np.float32)]
     ctxs = [mx.cpu(0), mx.cpu(1)]
     to_nd = lambda arrs: [mx.nd.array(a, ctx=c) for a, c in zip(arrs, ctxs)]
-    for kw in ({}, {'alpha': 0.5, 'gamma': 0.0, 'rho': 0.5, 'lambd': 2.0},
+    for kw in ({}, {'alpha': 0.5, 'gamma': 0.0, 'rho': 0.5, 'box_weight': 2.0},
                {'alpha': 0.1, 'gamma': 3.0, 'rho': 2.0}):
         loss = SSDFocalMultiBoxLoss(**kw)
         got = loss(to_nd(cp), to_nd(bp), to_nd(ct), to_nd(bt))
@@ -274,13 +274,94 @@ def test_train_ssd_example_runs_and_resumes(tmp_path, loss):
               '--num-vis', '2', '--out-dir', str(tmp_path)]
     history = example.train(example.parse_args(common + ['--epochs', '2']))
     assert len(history['val_mAP']) == 2 and np.isfinite(history['loss']).all()
-    for name in ('curves.png', 'detections.png', 'history.json'):
+    for name in ('curves.png', 'detections.png', 'results.json', 'checkpoint.json'):
         assert os.path.getsize(os.path.join(str(tmp_path), name)) > 0
-    with open(os.path.join(str(tmp_path), 'history.json')) as f:
-        first = json.load(f)['history']
+    with open(os.path.join(str(tmp_path), 'results.json')) as f:
+        first = json.load(f)
+    assert first['epochs'] == [1, 2] and len(first['history']['images_per_s']) == 2
     # --resume continues after the last complete epoch instead of starting over
     history = example.train(example.parse_args(common + ['--epochs', '3', '--resume']))
     assert len(history['val_mAP']) == 3
-    assert history['loss'][:2] == first['loss'] and history['val_mAP'][:2] == first['val_mAP']
-    with open(os.path.join(str(tmp_path), 'checkpoints', 'checkpoint.json')) as f:
-        assert json.load(f)['epoch'] == 2   # 0-based: the third epoch was saved
+    assert history['loss'][:2] == first['history']['loss']
+    assert history['val_mAP'][:2] == first['history']['val_mAP']
+
+
+@pytest.mark.parametrize('network', ['ssd_512_mobilenet1.0_voc', 'ssd_512_resnet50_v1_custom'])
+def test_train_ssd_example_zoo_network_offline(tmp_path, network):
+    """GluonCV zoo SSDs (a preset with reset_class, a _custom one) train offline."""
+    import os
+    example = _load_example()
+    args = example.parse_args(['--network', network, '--data-shape', '96', '--num-train', '1',
+                               '--num-val', '1', '--batch-size', '1', '--epochs', '1',
+                               '--num-vis', '0', '--out-dir', str(tmp_path)])
+    assert args.pretrained_base is False
+    history = example.train(args)
+    assert len(history['val_mAP']) == 1 and np.isfinite(history['loss']).all()
+    assert os.path.getsize(os.path.join(str(tmp_path), 'curves.png')) > 0
+
+
+def test_zoo_ssd_classes_and_errors():
+    from gluon_focal.detection import zoo_ssd
+    net = zoo_ssd('ssd_512_mobilenet1.0_coco', CLASSES)
+    assert tuple(net.classes) == CLASSES
+    with autograd.train_mode():
+        cls_pred, box_pred, anchors = net(mx.nd.zeros((1, 3, 64, 64)))
+    assert cls_pred.shape == (1, anchors.shape[1], len(CLASSES) + 1)
+    with pytest.raises(ValueError, match='not a GluonCV model-zoo SSD.*ssd_300_vgg16_atrous'):
+        zoo_ssd('ssd_300_vgg17', CLASSES)
+
+
+def test_init_focal_bias_controls_logit_spread_vgg16_atrous():
+    """GluonCV's BatchNorm-free VGG16-atrous SSD: with the prior bias alone the
+    foreground logits spread so widely that the focal loss and its class-
+    predictor gradients dwarf SSDMultiBoxLoss's on the first batch (the cause
+    of divergence at GluonCV's default lr); init_focal_bias's spread control
+    brings both back to the prior's closed form."""
+    from gluon_focal.detection import zoo_ssd
+    import random
+    size = 260  # the smallest input the 300 layout takes is ~257
+    mx.random.seed(0)
+    np.random.seed(0)
+    random.seed(0)  # SSDDefaultTrainTransform's crops
+    net = zoo_ssd('ssd_300_vgg16_atrous_voc', CLASSES)
+    anchors = ssd_anchors(net, (size, size))
+    ds = SyntheticShapesDetection(num_images=1, size=size, seed=0)
+    x, ct, bt = [a.expand_dims(0) for a in
+                 SSDDefaultTrainTransform(size, size, anchors)(*ds[0])]
+    num_pos = float((ct > 0).sum().asscalar())
+    assert num_pos > 0
+    with autograd.train_mode():
+        features = net.features(x)        # the predictors' inputs, computed once
+        _, box_pred, _ = net(x)
+    weights = [cp.predictor.weight for cp in net.class_predictors]
+
+    def first_batch(loss_fn):
+        """(fg logits, class loss, norm of the class predictors' weight gradient)."""
+        with autograd.record():
+            cls_pred = mx.nd.concat(*[cp(f).transpose((0, 2, 3, 1)).flatten()
+                                      for f, cp in zip(features, net.class_predictors)], dim=1)
+            cls_pred = cls_pred.reshape((0, -1, len(CLASSES) + 1))
+            total, cls_loss, _ = loss_fn([cls_pred], [box_pred], [ct], [bt])
+        autograd.backward(total)
+        grad = np.sqrt(sum(float((w.grad() ** 2).sum().asscalar()) for w in weights))
+        return cls_pred.asnumpy()[..., 1:], float(cls_loss[0].sum().asscalar()), grad
+
+    _, multibox_loss, multibox_grad = first_batch(SSDMultiBoxLoss())  # GluonCV's init
+    init_focal_bias(net, logit_std=None)                               # the bias alone
+    logits, bias_only_loss, bias_only_grad = first_batch(SSDFocalMultiBoxLoss())
+    assert logits.std() > 1 and _sigmoid(logits).mean() > 0.03       # not the 0.01 prior
+    print('first batch: multibox %.3g (grad %.3g), bias only %.3g (grad %.3g)'
+          % (multibox_loss, multibox_grad, bias_only_loss, bias_only_grad))
+    assert bias_only_loss > 2 * multibox_loss and bias_only_grad > 2 * multibox_grad
+    init_focal_bias(net)                                               # bias + spread
+    logits, loss, grad = first_batch(SSDFocalMultiBoxLoss())
+    assert 0.002 < logits.std() < 0.05
+    np.testing.assert_allclose(_sigmoid(logits).mean(), 0.01, rtol=0.02)
+    # every probability ~0.01: alpha (1 - p)^2 log(1 / p) per positive, and
+    # (1 - alpha) p^2 log(1 / (1 - p)) per negative (anchor, class) pair
+    num_neg = float((ct >= 0).sum().asscalar()) * len(CLASSES) - num_pos
+    expected = (0.25 * 0.99 ** 2 * np.log(100) * num_pos
+                + 0.75 * 0.01 ** 2 * -np.log(0.99) * num_neg) / num_pos
+    np.testing.assert_allclose(loss, expected, rtol=0.05)
+    print('bias + spread: %.3g (grad %.3g), logit std %.3g' % (loss, grad, logits.std()))
+    assert loss < multibox_loss and grad < 0.2 * multibox_grad

@@ -77,6 +77,22 @@ def test_targets_decode_back_to_gt():
     np.testing.assert_allclose(decoded[:3], gt[[0, 1, 0]], atol=1e-3)
 
 
+def test_numpy_box_encoding_is_gluoncvs():
+    from gluoncv.nn.coder import NormalizedBoxCenterEncoder
+    rng = np.random.RandomState(0)
+    xy = rng.uniform(0, 50, (40, 2))
+    anchors = np.concatenate([xy, xy + rng.uniform(2, 30, (40, 2))], 1).astype(np.float32)
+    xy = rng.uniform(0, 50, (5, 2))
+    gt = np.concatenate([xy, xy + rng.uniform(2, 30, (5, 2))], 1).astype(np.float32)
+    matches = rng.randint(0, 5, 40)
+    stds = (0.1, 0.2, 0.3, 0.4)
+    ours = RetinaNetTargetGenerator(stds=stds).encode(anchors, gt[matches])
+    theirs, _ = NormalizedBoxCenterEncoder(stds=stds)(
+        mx.nd.ones((1, 40)), mx.nd.array(matches[None]), mx.nd.array(anchors[None]),
+        mx.nd.array(gt[None]))
+    np.testing.assert_allclose(ours, theirs[0].asnumpy(), rtol=1e-5, atol=1e-5)
+
+
 def test_targets_low_quality_matches():
     # a box whose best anchor has IoU 0.25: below both thresholds
     gt = np.array([[0, 0, 10, 10]], dtype=np.float32)
@@ -274,14 +290,14 @@ def test_loss_split_over_contexts_equals_whole_batch(net):
     with autograd.train_mode():
         cls, box, _ = net(x)
     loss_fn = RetinaNetLoss(num_class=3)
-    whole = [v.sum().asscalar() for v in loss_fn(cls, box, cls_t, box_t)]
+    whole = [v[0].sum().asscalar() for v in loss_fn(cls, box, cls_t, box_t)]
     halves = loss_fn([cls[:1], cls[1:]], [box[:1], box[1:]], [cls_t[:1], cls_t[1:]],
                      [box_t[:1], box_t[1:]])
     split = [sum(p.sum().asscalar() for p in part) for part in halves]
     np.testing.assert_allclose(split, whole, rtol=1e-5)
     # the box term only sees positives: perturbing other anchors' offsets changes nothing
     noise = (cls_t < 0).expand_dims(-1) * mx.nd.random.normal(shape=box.shape)
-    np.testing.assert_allclose(loss_fn(cls, box + noise, cls_t, box_t)[2].sum().asscalar(),
+    np.testing.assert_allclose(loss_fn(cls, box + noise, cls_t, box_t)[2][0].sum().asscalar(),
                                whole[2], rtol=1e-5)
     assert whole[1] > 0 and whole[2] > 0
 
@@ -296,7 +312,7 @@ def test_few_training_steps_reduce_loss():
     for _ in range(12):
         with autograd.record():
             cls, box, _ = net(x)
-            total, _, _ = loss_fn(cls, box, cls_t, box_t)
+            (total,), _, _ = loss_fn(cls, box, cls_t, box_t)  # one list entry per device
         total.backward()
         trainer.step(1)
         losses.append(total.sum().asscalar())

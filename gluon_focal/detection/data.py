@@ -36,7 +36,7 @@ import mxnet as mx
 from mxnet import gluon
 
 __all__ = ['CLASSES', 'SyntheticShapesDetection', 'write_voc_detection',
-           'voc_detection', 'ShapesVOCDetection']
+           'voc_detection', 'ShapesVOCDetection', 'write_coco_detection', 'coco_detection']
 
 #: Foreground class names of :class:`SyntheticShapesDetection` (lower case, as
 #: ``VOCDetection`` requires).  Class id ``i`` in labels is ``CLASSES[i]``.
@@ -87,13 +87,16 @@ class SyntheticShapesDetection(gluon.data.Dataset):
         labelled boxes stay tight (no occlusion) with the default 0.
     transform : callable, optional
         ``transform(img, label)`` applied to each item, as in ``VOCDetection``.
+    cache : bool, default False
+        Keep every rendered image in memory (H x W x 3 bytes each), so that
+        later epochs do not render again; items are the same either way.
     """
 
     _SHAPES = CLASSES
 
     def __init__(self, num_images=512, size=192, seed=0, classes=CLASSES,
                  min_objects=1, max_objects=6, min_size=8, max_size=None,
-                 clutter=6, noise=8.0, max_overlap=0.0, transform=None):
+                 clutter=6, noise=8.0, max_overlap=0.0, transform=None, cache=False):
         super(SyntheticShapesDetection, self).__init__()
         self._num_images = int(num_images)
         self._h, self._w = _as_hw(size)
@@ -115,6 +118,7 @@ class SyntheticShapesDetection(gluon.data.Dataset):
         self._noise = float(noise)
         self._max_overlap = float(max_overlap)
         self._transform = transform
+        self._cache = {} if cache else None
 
     # -- Dataset API -------------------------------------------------------
     @property
@@ -135,7 +139,13 @@ class SyntheticShapesDetection(gluon.data.Dataset):
             idx += len(self)
         if not 0 <= idx < len(self):
             raise IndexError('index %d out of range' % idx)
-        img, label = self.render(idx)
+        if self._cache is None:
+            img, label = self.render(idx)
+        else:
+            if idx not in self._cache:
+                self._cache[idx] = self.render(idx)
+            img, label = self._cache[idx]
+            label = label.copy()  # transforms may modify it
         img = mx.nd.array(img, dtype='uint8')
         if self._transform is not None:
             return self._transform(img, label)
@@ -336,15 +346,8 @@ def write_voc_detection(dataset, root, splits=None, year=2007, classes=None,
     for sub in ('Annotations', 'JPEGImages', os.path.join('ImageSets', 'Main')):
         os.makedirs(os.path.join(base, sub), exist_ok=True)
 
-    split_ids, cursor, written = {}, 0, set()
-    for name, spec in splits.items():
-        if isinstance(spec, (int, np.integer)):
-            indices = list(range(cursor, cursor + int(spec)))
-            cursor += int(spec)
-        else:
-            indices = [int(i) for i in spec]
-        if indices and (min(indices) < 0 or max(indices) >= len(dataset)):
-            raise ValueError('split %r needs indices in [0, %d)' % (name, len(dataset)))
+    split_ids, written = {}, set()
+    for name, indices in _split_indices(splits, len(dataset)).items():
         ids = []
         for i in indices:
             img_id = '%06d' % i
@@ -364,14 +367,40 @@ def write_voc_detection(dataset, root, splits=None, year=2007, classes=None,
     return split_ids
 
 
-def _write_item(cv2, base, img_id, img, label, classes, jpeg_quality):
+def _split_indices(splits, length):
+    """``{name: [dataset indices]}`` from ``{name: n or [indices]}``: an int
+    takes the next ``n`` images in order, a sequence lists indices."""
+    out, cursor = {}, 0
+    for name, spec in splits.items():
+        if isinstance(spec, (int, np.integer)):
+            indices = list(range(cursor, cursor + int(spec)))
+            cursor += int(spec)
+        else:
+            indices = [int(i) for i in spec]
+        if indices and (min(indices) < 0 or max(indices) >= length):
+            raise ValueError('split %r needs indices in [0, %d)' % (name, length))
+        out[name] = indices
+    return out
+
+
+def _write_jpeg(cv2, path, img, jpeg_quality):
+    """Write an RGB image (NDArray or numpy) as JPEG; return it as numpy."""
     img = img.asnumpy() if isinstance(img, mx.nd.NDArray) else np.asarray(img)
     img = img.astype(np.uint8)
-    h, w = img.shape[:2]
-    path = os.path.join(base, 'JPEGImages', img_id + '.jpg')
     ok = cv2.imwrite(path, img[:, :, ::-1], [int(cv2.IMWRITE_JPEG_QUALITY), int(jpeg_quality)])
     if not ok:
         raise IOError('could not write ' + path)
+    return img
+
+
+def _label_rows(label):
+    label = np.asarray(label)
+    return label.reshape(-1, label.shape[-1]) if label.size else np.zeros((0, 6))
+
+
+def _write_item(cv2, base, img_id, img, label, classes, jpeg_quality):
+    img = _write_jpeg(cv2, os.path.join(base, 'JPEGImages', img_id + '.jpg'), img, jpeg_quality)
+    h, w = img.shape[:2]
 
     ann = ET.Element('annotation')
     ET.SubElement(ann, 'folder').text = os.path.basename(base)
@@ -381,9 +410,7 @@ def _write_item(cv2, base, img_id, img, label, classes, jpeg_quality):
     ET.SubElement(size, 'height').text = str(h)
     ET.SubElement(size, 'depth').text = str(img.shape[2] if img.ndim == 3 else 1)
     ET.SubElement(ann, 'segmented').text = '0'
-    label = np.asarray(label)
-    rows = label.reshape(-1, label.shape[-1]) if label.size else np.zeros((0, 6))
-    for row in rows:
+    for row in _label_rows(label):
         obj = ET.SubElement(ann, 'object')
         ET.SubElement(obj, 'name').text = classes[int(row[4])]
         ET.SubElement(obj, 'pose').text = 'Unspecified'
@@ -468,3 +495,116 @@ def voc_detection(root, split='trainval', classes=None, year=2007, transform=Non
     cls = _voc_class_for(classes)
     return cls(root=os.path.expanduser(root), splits=tuple((year, n) for n in names),
                transform=transform, **kwargs)
+
+
+# ---------------------------------------------------------------------------
+# COCO-format folder round trip
+# ---------------------------------------------------------------------------
+def write_coco_detection(dataset, root, splits=None, classes=None, jpeg_quality=95):
+    """Write a detection dataset as a COCO folder readable by ``COCODetection``.
+
+    Layout (GluonCV's ``COCODetection`` folder, ``splits=('instances_<name>',)``)::
+
+        root/annotations/instances_train2017.json
+        root/train2017/000000.jpg
+        root/annotations/instances_val2017.json
+        root/val2017/000400.jpg
+
+    The jsons are what annotation tools write: ``images`` (``id``,
+    ``file_name``, ``width``, ``height``; no ``coco_url``), ``annotations``
+    (``bbox`` ``[x, y, w, h]``, ``area``, ``iscrowd``) and the dataset's own
+    ``categories`` (ids from 1).  Boxes follow GluonCV's pixel convention
+    (``w = xmax - xmin + 1``), so :func:`coco_detection` gives back the same
+    boxes.  ``splits`` is ``{name: n or [indices]}`` as for
+    :func:`write_voc_detection`; default: all images in ``'train2017'``.
+    Returns ``{split name: [image ids]}``.
+    """
+    import json
+    cv2 = _cv2()
+    classes = tuple(classes if classes is not None else dataset.classes)
+    categories = [{'id': i + 1, 'name': name, 'supercategory': 'object'}
+                  for i, name in enumerate(classes)]
+    os.makedirs(os.path.join(root, 'annotations'), exist_ok=True)
+    split_ids = {}
+    for name, indices in _split_indices(splits or {'train2017': len(dataset)},
+                                        len(dataset)).items():
+        os.makedirs(os.path.join(root, name), exist_ok=True)
+        images, annotations = [], []
+        for i in indices:
+            img, label = dataset[i]
+            file_name = '%06d.jpg' % i
+            img = _write_jpeg(cv2, os.path.join(root, name, file_name), img, jpeg_quality)
+            images.append({'id': int(i), 'file_name': file_name,
+                           'width': int(img.shape[1]), 'height': int(img.shape[0])})
+            for row in _label_rows(label):
+                xmin, ymin, xmax, ymax = (float(v) for v in row[:4])
+                w, h = xmax - xmin + 1, ymax - ymin + 1
+                annotations.append({'id': len(annotations) + 1, 'image_id': int(i),
+                                    'category_id': int(row[4]) + 1,
+                                    'bbox': [xmin, ymin, w, h], 'area': w * h,
+                                    'iscrowd': 0})
+        with open(os.path.join(root, 'annotations', 'instances_%s.json' % name), 'w') as f:
+            json.dump({'images': images, 'annotations': annotations,
+                       'categories': categories}, f)
+        split_ids[name] = [int(i) for i in indices]
+    return split_ids
+
+
+_COCO_CLASS_CACHE = {}
+
+
+def _coco_class_for(classes):
+    """A ``COCODetection`` subclass whose ``CLASSES`` are ``classes`` and whose
+    images are found from ``file_name`` (annotation tools write no ``coco_url``)."""
+    classes = tuple(classes)
+    if classes not in _COCO_CLASS_CACHE:
+        from gluoncv.data import COCODetection
+
+        def _parse_image_path(self, entry):
+            if entry.get('coco_url'):  # a real COCO json
+                return COCODetection._parse_image_path(self, entry)
+            for split in self._splits:  # instances_<name>.json -> <name>/file_name
+                path = os.path.join(self._root, split[len('instances_'):]
+                                    if split.startswith('instances_') else split,
+                                    entry['file_name'])
+                if os.path.exists(path):
+                    return path
+            return path  # COCODetection raises 'not exists' naming it
+
+        _COCO_CLASS_CACHE[classes] = type('CustomClassesCOCODetection', (COCODetection,),
+                                          {'CLASSES': list(classes),
+                                           '_parse_image_path': _parse_image_path})
+    return _COCO_CLASS_CACHE[classes]
+
+
+def coco_detection(root, split='train2017', transform=None, **kwargs):
+    """Read a COCO folder through ``gluoncv.data.COCODetection`` with its own categories.
+
+    Parameters
+    ----------
+    root : str
+        Folder holding ``annotations/instances_<split>.json`` and ``<split>/``
+        (as :func:`write_coco_detection` writes it, or a real COCO folder).
+    split : str
+        Split name, e.g. ``'train2017'`` or ``'val2017'``.
+    transform : callable, optional
+        Passed to ``COCODetection``.
+    kwargs
+        Other ``COCODetection`` arguments (``skip_empty``, ``min_object_area``,
+        ``use_crowd``); evaluate with ``skip_empty=False`` so that every image
+        of the json is scored.
+
+    The class names are the json's ``categories`` (in their order), so the
+    dataset works with ``gluoncv.utils.metrics.coco_detection.COCODetectionMetric``.
+    Items are ``(img, label)`` with ``label`` rows ``[xmin, ymin, xmax, ymax, class_id]``.
+    """
+    import json
+    root = os.path.expanduser(root)
+    path = os.path.join(root, 'annotations', 'instances_%s.json' % split)
+    if not os.path.exists(path):
+        raise IOError('no COCO annotations %s (expected DIR/annotations/instances_%s.json '
+                      'and DIR/%s/)' % (path, split, split))
+    with open(path) as f:
+        classes = [c['name'] for c in json.load(f)['categories']]
+    cls = _coco_class_for(classes)
+    return cls(root=root, splits=('instances_' + split,), transform=transform, **kwargs)

@@ -38,7 +38,7 @@ from mxnet import autograd, gluon
 from mxnet.gluon import nn
 
 from ..init import PriorProbability
-from ..loss import FocalLoss
+from .loss import DenseDetectionLoss
 from .postprocess import GraphStage, batch_gather, nms_sorted, sort_for_nms, threshold_topk
 
 __all__ = ['RetinaNet', 'RetinaNetLoss', 'get_retinanet', 'retinanet_resnet18_v1b',
@@ -294,61 +294,32 @@ class RetinaNet(gluon.HybridBlock):
         return np.concatenate(out, axis=0)
 
 
-class RetinaNetLoss(gluon.Block):
-    """Focal loss on all non-ignored anchors + smooth L1 on positive anchors, both
-    normalised by the number of positive anchors.
+class RetinaNetLoss(DenseDetectionLoss):
+    """RetinaNet's loss: :class:`~gluon_focal.detection.loss.DenseDetectionLoss`
+    on the targets of :class:`~gluon_focal.detection.targets.RetinaNetTargetGenerator`.
 
-    ``forward(cls_logits, box_preds, cls_targets, box_targets)`` takes either arrays
-    or lists of arrays (one per context, as from ``split_and_load``); with lists the
-    positives are counted over all of them, so splitting a batch does not change
-    the loss. Returns ``(total, cls_loss, box_loss)``, each a list (per context)
-    of per-sample losses whose sum over the whole batch is the RetinaNet loss.
+    Focal loss on all non-ignored anchors + smooth L1 on positive anchors, both
+    divided by the positive anchors of the whole batch (all devices of a list
+    input, so splitting a batch does not change the loss; pass ``avg_factor``
+    to divide by the positives of all dist workers).
+    ``forward(cls_logits, box_preds, cls_targets, box_targets, avg_factor=None)``
+    takes arrays or per-device lists and returns ``(total, cls_loss, box_loss)``,
+    each a list (one ``(B,)`` array of per-image losses per device).
 
     ``cls_targets`` are sparse labels: class index for positives,
-    ``background_label`` (-1) for background, ``ignore_label`` (-2) for ignored anchors.
-    ``box_targets`` are encoded offsets, read only at positive anchors.
-    ``rho`` is the smooth-L1 transition point (in the units of the stds-normalised
-    offsets); ``box_weight`` scales the box term.
+    ``background_label`` (-1) for background, ``ignore_label`` (-2) for ignored
+    anchors; ``box_targets`` are encoded offsets, read only at positive anchors.
+    ``rho`` is the smooth-L1 transition point (in the units of the
+    stds-normalised offsets); ``box_weight`` scales the box term; ``validate``
+    checks the labels every call.
     """
 
     def __init__(self, num_class, alpha=0.25, gamma=2.0, rho=1.0, box_weight=1.0,
-                 background_label=-1, ignore_label=-2, impl='auto', **kwargs):
-        super(RetinaNetLoss, self).__init__(**kwargs)
-        if not (background_label < 0 and ignore_label < 0):
-            # positives are the anchors with a class index >= 0
-            raise ValueError('background_label=%r and ignore_label=%r must be negative.'
-                             % (background_label, ignore_label))
-        self.rho = rho
-        self.box_weight = box_weight
-        with self.name_scope():
-            # per-sample sums, divided below by the positives of all shards together
-            self.focal = FocalLoss(num_class=num_class, label_mode='sparse', alpha=alpha,
-                                   gamma=gamma, ignore_label=ignore_label,
-                                   background_label=background_label,
-                                   normalization='sum', impl=impl)
-        # the targets come from RetinaNetTargetGenerator: no per-call label check
-        self.focal.hybridize()
-
-    def forward(self, cls_logits, box_preds, cls_targets, box_targets):
-        single = not isinstance(cls_logits, (list, tuple))
-        if single:
-            cls_logits, box_preds = [cls_logits], [box_preds]
-            cls_targets, box_targets = [cls_targets], [box_targets]
-        pos = [(ct >= 0) for ct in cls_targets]
-        counts = [p.sum().asscalar() for p in pos]
-        total_pos = max(1., float(sum(counts)))
-        totals, cls_losses, box_losses = [], [], []
-        for cp, bp, ct, bt, p in zip(cls_logits, box_preds, cls_targets, box_targets, pos):
-            cls_loss = self.focal(cp, ct) / total_pos
-            diff = (bp - bt) * p.expand_dims(-1)
-            box_loss = mx.nd.smooth_l1(diff, scalar=1. / math.sqrt(self.rho))
-            box_loss = box_loss.sum(axis=(1, 2)) * (self.box_weight / total_pos)
-            cls_losses.append(cls_loss)
-            box_losses.append(box_loss)
-            totals.append(cls_loss + box_loss)
-        if single:
-            return totals[0], cls_losses[0], box_losses[0]
-        return totals, cls_losses, box_losses
+                 background_label=-1, ignore_label=-2, impl='auto', validate=True, **kwargs):
+        super(RetinaNetLoss, self).__init__(
+            num_class=num_class, alpha=alpha, gamma=gamma, rho=rho, box_weight=box_weight,
+            background_label=background_label, ignore_label=ignore_label, impl=impl,
+            validate=validate, **kwargs)
 
 
 _RESNET_V1B_SPECS = {'resnet18_v1b': ('BasicBlockV1b', [2, 2, 2, 2]),

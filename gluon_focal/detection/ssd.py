@@ -31,15 +31,21 @@ array per device), same targets (``SSDDefaultTrainTransform``'s ``cls_targets``
 * the background column 0 that GluonCV's SSD head still produces carries no
   target and gets exactly zero gradient (it is simply unused);
 * the box loss is SSDMultiBoxLoss's smooth-L1 (``rho``) on positive anchors,
-  weighted by ``lambd``;
+  weighted by ``box_weight`` (SSDMultiBoxLoss's ``lambd``);
 * both terms are divided by the number of positive anchors over **all**
-  devices (at least 1), like SSDMultiBoxLoss.  Unlike SSDMultiBoxLoss, a batch
-  with no positive anchor is not skipped: its negatives still train the
-  classifier (normalized by 1).
+  devices (at least 1), like SSDMultiBoxLoss, or by the caller's
+  ``avg_factor`` (e.g. the positives of all dist workers).  Unlike
+  SSDMultiBoxLoss, a batch with no positive anchor is not skipped: its
+  negatives still train the classifier (normalized by 1);
+* the targets are checked every call (``validate=True``).
 
-Use :func:`init_focal_bias` after ``net.initialize()``: the paper's prior
-initialisation (foreground bias ``-log((1 - pi) / pi)``, ``pi = 0.01``) keeps
-the thousands of background anchors from swamping the first iterations.
+The loss is :class:`gluon_focal.detection.loss.DenseDetectionLoss`, the same
+core as :class:`~gluon_focal.detection.retinanet.RetinaNetLoss`.
+
+Use :func:`init_focal_bias` after ``net.initialize()``: RetinaNet's
+initialisation of the classifier (foreground bias ``-log((1 - pi) / pi)``,
+``pi = 0.01``, and initial logits that barely spread around it) keeps the
+thousands of background anchors from swamping the first iterations.
 
 Inference
 ---------
@@ -60,27 +66,27 @@ score threshold (0.01) and NMS as GluonCV.  In training mode it returns
 
 A small SSD for quick experiments on CPU is provided by :func:`tiny_ssd`.
 """
+import warnings
+
 import mxnet as mx
 from mxnet import autograd, gluon, nd
 from mxnet.gluon import nn
 
 from ..init import prior_bias
-from ..loss import FocalLoss
+from .loss import DenseDetectionLoss, _as_list
 from .postprocess import batch_gather, classwise_nms, threshold_topk
 
 __all__ = ['SSDFocalMultiBoxLoss', 'SigmoidSSD', 'init_focal_bias', 'tiny_ssd',
-           'TinySSDBackbone', 'ssd_anchors']
+           'TinySSDBackbone', 'ssd_anchors', 'zoo_ssd']
 
 
-def _as_list(x):
-    return list(x) if isinstance(x, (list, tuple)) else [x]
-
-
-class SSDFocalMultiBoxLoss(gluon.Block):
+class SSDFocalMultiBoxLoss(DenseDetectionLoss):
     r"""Sigmoid focal classification + smooth-L1 box loss for GluonCV SSD.
 
     A drop-in for :class:`gluoncv.loss.SSDMultiBoxLoss` (see the module
-    docstring for the exact differences).
+    docstring for the exact differences): GluonCV's SSD targets and outputs
+    mapped onto :class:`~gluon_focal.detection.loss.DenseDetectionLoss`, the
+    core RetinaNet's loss shares.
 
     Parameters
     ----------
@@ -90,24 +96,27 @@ class SSDFocalMultiBoxLoss(gluon.Block):
         Focusing parameter.
     rho : float, default 1.0
         Smooth-L1 transition point of the box loss (as in SSDMultiBoxLoss).
-    lambd : float, default 1.0
-        Weight of the box loss: ``L = L_cls + lambd * L_box``.
+    box_weight : float, default 1.0
+        Weight of the box loss: ``L = L_cls + box_weight * L_box`` (SSDMultiBoxLoss's
+        ``lambd``).
     impl : str, default 'auto'
         Passed to :class:`gluon_focal.FocalLoss`.
+    validate : bool, default True
+        Passed to :class:`gluon_focal.FocalLoss` (check the targets every call).
+
+    ``forward(cls_pred, box_pred, cls_target, box_target, avg_factor=None)``
+    takes ``(B, A, C + 1)`` logits (background at column 0), ``(B, A, 4)``
+    boxes, ``(B, A)`` class targets ``{-1 ignore, 0 background, 1..C}`` and
+    ``(B, A, 4)`` box targets, each an array or a list of one per device, and
+    returns ``(sum_losses, cls_losses, box_losses)``: three lists of ``(B,)``
+    arrays, divided by ``avg_factor`` (default: the positive anchors of all devices).
     """
 
-    def __init__(self, alpha=0.25, gamma=2.0, rho=1.0, lambd=1.0, impl='auto', **kwargs):
-        super(SSDFocalMultiBoxLoss, self).__init__(**kwargs)
-        self._rho = float(rho)
-        self._lambd = float(lambd)
-        with self.name_scope():
-            # labels are cls_target - 1: 0..C-1 foreground, -1 background, -2 ignore
-            self.focal = FocalLoss(axis=-1, label_mode='sparse', alpha=alpha, gamma=gamma,
-                                   ignore_label=-2, background_label=-1,
-                                   normalization='sum', impl=impl)
-        # a cached graph skips FocalLoss's per-call label checks (a device sync);
-        # the labels built by focal_labels are valid by construction
-        self.focal.hybridize()
+    def __init__(self, alpha=0.25, gamma=2.0, rho=1.0, box_weight=1.0, impl='auto',
+                 validate=True, **kwargs):
+        super(SSDFocalMultiBoxLoss, self).__init__(
+            alpha=alpha, gamma=gamma, rho=rho, box_weight=box_weight, background_label=-1,
+            ignore_label=-2, impl=impl, validate=validate, **kwargs)
 
     @staticmethod
     def focal_labels(cls_target):
@@ -115,52 +124,14 @@ class SSDFocalMultiBoxLoss(gluon.Block):
         sparse labels of the foreground columns ``{-2, -1, k - 1}``."""
         return nd.where(cls_target < 0, nd.ones_like(cls_target) * -2, cls_target - 1)
 
-    def forward(self, cls_pred, box_pred, cls_target, box_target):
-        """Compute the losses over the whole batch across devices.
-
-        Parameters
-        ----------
-        cls_pred : NDArray or list of NDArray
-            ``(B, A, C + 1)`` class logits per device, background at column 0.
-        box_pred : NDArray or list of NDArray
-            ``(B, A, 4)`` encoded box predictions per device.
-        cls_target : NDArray or list of NDArray
-            ``(B, A)`` class targets: ``-1`` ignore, ``0`` background, ``1..C``.
-        box_target : NDArray or list of NDArray
-            ``(B, A, 4)`` encoded box targets.
-
-        Returns
-        -------
-        (sum_losses, cls_losses, box_losses) : three lists of ``(B,)`` NDArrays
-            One entry per device, each already divided by the number of
-            positive anchors over all devices.  ``sum = cls + lambd * box``.
-        """
-        cls_pred, box_pred, cls_target, box_target = [
-            _as_list(x) for x in (cls_pred, box_pred, cls_target, box_target)]
-        if not len(cls_pred) == len(box_pred) == len(cls_target) == len(box_target):
-            raise ValueError('cls_pred, box_pred, cls_target and box_target must have '
-                             'one entry per device each')
-        # cross-device reduction of the number of positive anchors
-        num_pos = [(ct > 0).sum() for ct in cls_target]
-        norm = max(1., sum(p.asscalar() for p in num_pos))
-
-        sum_losses, cls_losses, box_losses = [], [], []
-        for cp, bp, ct, bt in zip(cls_pred, box_pred, cls_target, box_target):
-            ct = ct.astype(cp.dtype, copy=False)
-            fg_pred = cp.slice_axis(axis=-1, begin=1, end=None)   # (B, A, C)
-            cls_loss = self.focal(fg_pred, self.focal_labels(ct)) / norm  # (B,) sums
-
-            pos = (ct > 0).expand_dims(axis=-1)
-            bp = bp.reshape_like(bt)
-            box_loss = nd.abs(bp - bt)
-            box_loss = nd.where(box_loss > self._rho, box_loss - 0.5 * self._rho,
-                                (0.5 / self._rho) * nd.square(box_loss))
-            box_loss = nd.sum(box_loss * pos, axis=0, exclude=True) / norm
-
-            cls_losses.append(cls_loss)
-            box_losses.append(box_loss)
-            sum_losses.append(cls_loss + self._lambd * box_loss)
-        return sum_losses, cls_losses, box_losses
+    def forward(self, cls_pred, box_pred, cls_target, box_target, avg_factor=None):
+        cls_pred, cls_target = _as_list(cls_pred), _as_list(cls_target)
+        # the C foreground columns; GluonCV's background column 0 stays unused
+        fg_preds = [cp.slice_axis(axis=-1, begin=1, end=None) for cp in cls_pred]
+        labels = [self.focal_labels(ct.astype(cp.dtype, copy=False))
+                  for cp, ct in zip(cls_pred, cls_target)]
+        return super(SSDFocalMultiBoxLoss, self).forward(fg_preds, box_pred, labels,
+                                                         box_target, avg_factor)
 
 
 # ---------------------------------------------------------------------------
@@ -274,26 +245,94 @@ class SigmoidSSD(gluon.HybridBlock):
                              net.nms_thresh, _SCORE_THRESH, keep, cut=False)
 
 
-def init_focal_bias(net, prior=0.01):
-    """Set the SSD class predictors' foreground biases to ``-log((1 - prior) / prior)``.
+def init_focal_bias(net, prior=0.01, logit_std=0.01, data=None):
+    """Initialise the SSD class predictors as RetinaNet initialises its classifier.
 
-    The RetinaNet paper's initialisation: every anchor starts predicting
-    foreground probability ``prior``, so the loss of the many background
-    anchors does not dominate (and destabilise) the first iterations.  The
-    background column's bias is set to 0 (it is unused by the focal loss).
-    Call after ``net.initialize()`` (parameters must be initialized, i.e. after
-    one forward pass when shapes are deferred).  ``net`` may be an ``SSD`` or a
-    :class:`SigmoidSSD`.
+    Call after ``net.initialize()``.  Two parts:
+
+    * **bias**: the foreground biases are ``-log((1 - prior) / prior)``, so every
+      anchor starts predicting foreground probability ``prior`` (the background
+      column, unused by the focal loss, gets bias 0);
+    * **spread**: the predictor weights are rescaled so that the foreground
+      logits have standard deviation ``logit_std`` around that bias at the
+      start.  The paper gets this by drawing its last layer from N(0, 0.01):
+      its head convs are themselves N(0, 0.01), so the logits barely spread.
+      A GluonCV SSD's predictors read backbone features whose scale depends on
+      the network -- VGG16-atrous has no BatchNorm, and its logits spread with
+      std ~2.7 even with N(0, 0.01) weights, which puts the mean foreground
+      probability at 0.05 instead of 0.01 and made focal training diverge at
+      GluonCV's default learning rate (docs/detection.md has the numbers).  So
+      the spread is measured, per predictor, on ``data`` (default: two
+      N(0, 1) images of the network's base size, i.e. normalised noise) and
+      the weights are scaled to give ``logit_std``.
+
+    Parameters
+    ----------
+    net : gluoncv SSD or SigmoidSSD
+        Initialized (shapes may be deferred; one forward pass is run here).
+    prior : float
+        Initial foreground probability (0.01 in the paper).
+    logit_std : float or None
+        Target spread of the initial foreground logits; None keeps the weights
+        and sets the bias only.
+    data : NDArray, optional
+        ``(B, 3, H, W)`` normalised images to measure the spread on.
+
+    BatchNorm running statistics are left as they were.
     """
     ssd = net.ssd if isinstance(net, SigmoidSSD) else net
     num = ssd.num_classes + 1
+    if logit_std is not None:
+        if not logit_std > 0:
+            raise ValueError('logit_std=%r must be > 0 or None.' % (logit_std,))
+        _rescale_class_predictors(ssd, logit_std, data)
     value = prior_bias(prior)
     for cp in ssd.class_predictors:
         bias = cp.predictor.bias
-        data = bias.data().copy().reshape((-1, num))   # channel = anchor * (C + 1) + class
-        data[:, 0] = 0
-        data[:, 1:] = value
-        bias.set_data(data.reshape((-1,)))
+        values = bias.data().copy().reshape((-1, num))  # channel = anchor * (C + 1) + class
+        values[:, 0] = 0
+        values[:, 1:] = value
+        bias.set_data(values.reshape((-1,)))
+
+
+def _rescale_class_predictors(ssd, logit_std, data):
+    """Scale each class predictor's weights so its foreground logits (bias
+    excluded) have std ``logit_std`` on ``data`` (training-mode features)."""
+    num = ssd.num_classes + 1
+    ctx = next(iter(ssd.collect_params().values())).list_ctx()[0]
+    if data is None:
+        size = getattr(ssd.anchor_generators[0], '_im_size', (300, 300))
+        data = mx.nd.random.normal(shape=(2, 3) + tuple(size), ctx=ctx)
+    data = data.as_in_context(ctx)
+    for feat, cp in zip(ssd.features(data), ssd.class_predictors):
+        cp(feat)  # an inference-mode pass finishes deferred initialization
+    with _running_stats_kept(ssd), autograd.train_mode():
+        features = ssd.features(data)
+        for feat, cp in zip(features, ssd.class_predictors):
+            logits = cp(feat) - cp.predictor.bias.data(ctx).reshape((1, -1, 1, 1))
+            fg = logits.reshape((0, -4, -1, num, -2)).slice_axis(axis=2, begin=1, end=None)
+            spread = float(fg.asnumpy().std())
+            if spread > 0:
+                weight = cp.predictor.weight
+                weight.set_data(weight.data(ctx) * (logit_std / spread))
+
+
+class _running_stats_kept(object):
+    """Restore the aux states (BatchNorm running mean/var) a training-mode pass touches."""
+
+    def __init__(self, net):
+        self._params = net.collect_params()
+
+    def __enter__(self):
+        self._saved = {name: [d.copy() for d in p.list_data()]
+                       for name, p in self._params.items()
+                       if p.grad_req == 'null' and p._data is not None}
+        return self
+
+    def __exit__(self, *exc):
+        for name, data in self._saved.items():
+            for dst, src in zip(self._params[name].list_data(), data):
+                src.copyto(dst)
 
 
 # ---------------------------------------------------------------------------
@@ -361,6 +400,36 @@ def tiny_ssd(classes, base_size=192, channels=(16, 32, 64, 96, 128, 128), num_ou
                anchor_alloc_size=max(32, base_size // steps[0] * 2), **kwargs)
 
 
+def zoo_ssd(name, classes, ctx=None, pretrained_base=False):
+    """A GluonCV model-zoo SSD for ``classes``, initialized, trainable offline.
+
+    ``name`` is any SSD of ``gluoncv.model_zoo`` (``ssd_300_vgg16_atrous_voc``,
+    ``ssd_512_resnet50_v1_custom``, ``ssd_512_mobilenet1.0_coco``, ...): its
+    layout (base network, feature layers, anchor sizes) is kept, never its
+    pretrained detector weights.  ``*_custom`` names are built for ``classes``
+    directly; for the others the class predictors are replaced with
+    ``reset_class`` (which needs initialized parameters, hence the
+    initialization here).  Parameters are initialized as GluonCV's
+    ``train_ssd.py`` does (``net.initialize()``: the layers' own initializers,
+    ``Uniform(0.07)`` elsewhere); ``pretrained_base=True`` loads the ImageNet
+    base network from ``~/.mxnet/models`` (or downloads it).
+    """
+    from gluoncv import model_zoo
+    if not name.startswith('ssd_') or name not in model_zoo.get_model_list():
+        raise ValueError('network %r is not a GluonCV model-zoo SSD; expected one of %s'
+                         % (name, ', '.join(n for n in model_zoo.get_model_list()
+                                            if n.startswith('ssd_') and 'int8' not in n)))
+    ctx = ctx or [mx.cpu()]
+    kwargs = {'classes': tuple(classes), 'transfer': None} if name.endswith('_custom') else {}
+    net = model_zoo.get_model(name, pretrained=False, pretrained_base=pretrained_base, **kwargs)
+    with warnings.catch_warnings():  # SymbolBlock's "Cannot decide type" for 'data'
+        warnings.simplefilter('ignore', UserWarning)
+        net.initialize(ctx=ctx)
+    if tuple(net.classes) != tuple(classes):
+        net.reset_class(tuple(classes))
+    return net
+
+
 def ssd_anchors(net, size):
     """The ``(1, A, 4)`` anchors of ``net`` for ``size=(H, W)`` input (for
     ``SSDDefaultTrainTransform``), returned on CPU.
@@ -369,16 +438,7 @@ def ssd_anchors(net, size):
     parameters (as GluonCV's ``train_ssd.py`` does) and restores the BatchNorm
     running statistics that pass touched."""
     h, w = size
-    params = net.collect_params()
-    ctx = next(iter(params.values())).list_ctx()[0]
-    # a training-mode pass updates BatchNorm running statistics: keep them
-    saved = {}
-    for name, p in params.items():
-        if p.grad_req == 'null' and p._data is not None:  # initialized aux states
-            saved[name] = [d.copy() for d in p.list_data()]
-    with autograd.train_mode():
+    ctx = next(iter(net.collect_params().values())).list_ctx()[0]
+    with _running_stats_kept(net), autograd.train_mode():
         _, _, anchors = net(mx.nd.zeros((1, 3, h, w), ctx=ctx))
-    for name, data in saved.items():
-        for dst, src in zip(params[name].list_data(), data):
-            src.copyto(dst)
     return anchors.as_in_context(mx.cpu())

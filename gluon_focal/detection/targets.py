@@ -16,14 +16,18 @@ paper rule.
 Class targets are *sparse labels* for :class:`gluon_focal.FocalLoss`
 (``label_mode='sparse'``): the class index for positives,
 ``background_label`` (-1) and ``ignore_label`` (-2) otherwise. Box targets are
-the offsets of ``gluoncv.nn.coder.NormalizedBoxCenterEncoder`` (zero except at
-positives).
+the offsets of ``gluoncv.nn.coder.NormalizedBoxCenterEncoder`` (computed in
+numpy; zero except at positives), which ``NormalizedBoxCenterDecoder`` inverts.
+
+Validation needs no transform of ours: GluonCV's
+``gluoncv.data.transforms.presets.ssd.SSDDefaultValTransform(width, height)``
+resizes, normalises and keeps the labels, which is all RetinaNet needs.
 """
 import numpy as np
 import mxnet as mx
 
-__all__ = ['RetinaNetTargetGenerator', 'RetinaNetTrainTransform', 'RetinaNetValTransform',
-           'BACKGROUND_LABEL', 'IGNORE_LABEL']
+__all__ = ['RetinaNetTargetGenerator', 'RetinaNetTrainTransform', 'BACKGROUND_LABEL',
+           'IGNORE_LABEL']
 
 BACKGROUND_LABEL = -1
 IGNORE_LABEL = -2
@@ -52,7 +56,6 @@ class RetinaNetTargetGenerator(object):
     def __init__(self, pos_iou_thresh=0.5, neg_iou_thresh=0.4, allow_low_quality_matches=True,
                  stds=(0.1, 0.1, 0.2, 0.2), background_label=BACKGROUND_LABEL,
                  ignore_label=IGNORE_LABEL):
-        from gluoncv.nn.coder import NormalizedBoxCenterEncoder
         if not neg_iou_thresh <= pos_iou_thresh:
             raise ValueError('need neg_iou_thresh <= pos_iou_thresh')
         if background_label >= 0 or ignore_label >= 0 or background_label == ignore_label:
@@ -62,7 +65,7 @@ class RetinaNetTargetGenerator(object):
         self.allow_low_quality_matches = allow_low_quality_matches
         self.background_label = background_label
         self.ignore_label = ignore_label
-        self._encoder = NormalizedBoxCenterEncoder(stds=stds)
+        self.stds = tuple(float(s) for s in stds)
 
     def match(self, anchors, gt_boxes):
         """Return ``(labels, matches)``: labels 1 positive, 0 background, -1 ignored;
@@ -94,13 +97,22 @@ class RetinaNetTargetGenerator(object):
         cls_targets = np.where(labels == 1, gt_ids[matches] if len(gt_ids) else 0,
                                np.where(labels == 0, self.background_label, self.ignore_label))
         cls_targets = cls_targets.astype(np.float32)
-        if not (labels == 1).any():
-            return cls_targets, np.zeros_like(anchors)
-        box_targets, _ = self._encoder(
-            mx.nd.array((labels == 1)[None].astype(np.float32)),
-            mx.nd.array(matches[None].astype(np.float32)),
-            mx.nd.array(anchors[None]), mx.nd.array(gt_boxes[None]))
-        return cls_targets, box_targets[0].asnumpy()
+        box_targets = np.zeros_like(anchors)
+        positive = labels == 1
+        box_targets[positive] = self.encode(anchors[positive], gt_boxes[matches[positive]])
+        return cls_targets, box_targets
+
+    def encode(self, anchors, boxes):
+        """The offsets of ``boxes`` from ``anchors`` (both ``(P, 4)`` corners):
+        ``gluoncv.nn.coder.NormalizedBoxCenterEncoder``'s formula, in numpy --
+        per image in the data loader, MXNet's per-operator overhead cost more
+        than the arithmetic on the few positive anchors."""
+        aw, ah = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]
+        gw, gh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        dx = (boxes[:, 0] + 0.5 * gw - anchors[:, 0] - 0.5 * aw) / aw
+        dy = (boxes[:, 1] + 0.5 * gh - anchors[:, 1] - 0.5 * ah) / ah
+        return np.stack([dx, dy, np.log(gw / aw), np.log(gh / ah)], axis=1) / self.stds
+
 
 
 class RetinaNetTrainTransform(object):
@@ -139,23 +151,3 @@ class RetinaNetTrainTransform(object):
         img = mx.nd.image.normalize(mx.nd.image.to_tensor(img), mean=self._mean, std=self._std)
         cls_targets, box_targets = self._target_generator(self._anchors, bbox[:, :4], bbox[:, 4])
         return img, mx.nd.array(cls_targets), mx.nd.array(box_targets)
-
-
-class RetinaNetValTransform(object):
-    """Validation transform: resize to ``width`` x ``height``, normalize; returns
-    ``(img (3, H, W), label (M, 6))`` with the boxes in resized coordinates."""
-
-    def __init__(self, width, height, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)):
-        self._width, self._height = width, height
-        self._mean, self._std = mean, std
-
-    def __call__(self, src, label):
-        from gluoncv.data.transforms import bbox as tbbox, image as timage
-        h, w, _ = src.shape
-        img = timage.imresize(src, self._width, self._height, interp=1)
-        label = np.asarray(label, dtype=np.float32)
-        if label.ndim != 2:
-            label = label.reshape(-1, 6)
-        bbox = tbbox.resize(label, (w, h), (self._width, self._height))
-        img = mx.nd.image.normalize(mx.nd.image.to_tensor(img), mean=self._mean, std=self._std)
-        return img, bbox.astype(np.float32)

@@ -74,13 +74,13 @@ def shard(data, kv, even=True):
         return range(data) if isinstance(data, int) else data
     if isinstance(data, int):
         return range(*shard_bounds(data, size, rank, even))
-    start, end = shard_bounds(len(data), size, rank, even)
     try:
         from mxnet.gluon.data import Dataset
     except ImportError:  # pragma: no cover
         Dataset = ()
     if isinstance(data, Dataset):
-        from mxnet.gluon.data import SequentialSampler
-        from mxnet.gluon.data.dataset import _SampledDataset
-        return _SampledDataset(data, SequentialSampler(end - start, start))
+        # Dataset's public take + shard give exactly [start, end)
+        whole = data.take(len(data) // size * size) if even else data
+        return whole.shard(size, rank)
+    start, end = shard_bounds(len(data), size, rank, even)
     return data[start:end]

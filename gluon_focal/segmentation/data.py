@@ -166,21 +166,6 @@ class SyntheticSmallTargets(Dataset):
         return 0
 
 
-def _voc_palette():
-    """The standard Pascal VOC colour map (256 entries, flat list)."""
-    palette = []
-    for i in range(256):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        palette += [r, g, b]
-    return palette
-
-
 def write_voc_segmentation(root, num_train=64, num_val=16, size=64, seed=0,
                            jpeg_quality=100, **sample_kwargs):
     """Write the synthetic data as a Pascal VOC-segmentation folder.
@@ -200,12 +185,12 @@ def write_voc_segmentation(root, num_train=64, num_val=16, size=64, seed=0,
     Returns ``root``.
     """
     from PIL import Image
+    from gluoncv.utils.viz import get_color_pallete  # PIL image with the VOC palette
     voc = os.path.join(root, 'VOC2012')
     dirs = {k: os.path.join(voc, k) for k in
             ('JPEGImages', 'SegmentationClass', 'ImageSets/Segmentation')}
     for d in dirs.values():
         os.makedirs(d, exist_ok=True)
-    palette = _voc_palette()
     lists = {}
     for split, count in (('train', num_train), ('val', num_val)):
         data = SyntheticSmallTargets(split, count, size, seed, **sample_kwargs)
@@ -215,9 +200,8 @@ def write_voc_segmentation(root, num_train=64, num_val=16, size=64, seed=0,
             img, mask = data.sample(i)
             Image.fromarray(img).save(os.path.join(dirs['JPEGImages'], name + '.jpg'),
                                       quality=jpeg_quality, subsampling=0)
-            png = Image.fromarray(np.where(mask == IGNORE_LABEL, VOC_IGNORE_VALUE,
-                                           mask).astype(np.uint8), mode='P')
-            png.putpalette(palette)
+            png = get_color_pallete(np.where(mask == IGNORE_LABEL, VOC_IGNORE_VALUE,
+                                             mask).astype(np.uint8), 'pascal_voc')
             png.save(os.path.join(dirs['SegmentationClass'], name + '.png'))
             ids.append(name)
         lists[split] = ids

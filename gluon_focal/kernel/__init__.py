@@ -10,8 +10,9 @@ Operator contract (all attributes are strings; :func:`op_attrs` builds them):
 =================  ===========================================================
 ``mode``           ``dense``: label has pred's shape, or pred's shape without
                    ``axis`` when that axis has size 1 (N x H x W masks for
-                   N x 1 x H x W pred).  ``sparse``: label has pred's shape
-                   without ``axis``; values are class indices in [0, C).
+                   N x 1 x H x W pred); values in [0, 1].  ``binary``: dense
+                   math, values exactly 0 or 1.  ``sparse``: label has pred's
+                   shape without ``axis``; values are class indices in [0, C).
                    Labels may be float16/32/64, uint8, int8, int32, int64.
 ``axis``           class axis (may be negative).
 ``batch_axis``     sample axis for the reductions (default 0).  Must precede
@@ -35,10 +36,18 @@ Operator contract (all attributes are strings; :func:`op_attrs` builds them):
                    (sum / max(1, sum over the whole batch of target*valid));
                    reduced outputs have shape (B,).
 ``scale``          multiplies the output (Gluon's ``weight``).
+``validate``       ``1`` (default): refuse label values outside the mode's
+                   set (NaN included) that are not ignore / background, and
+                   with ``from_sigmoid=1`` pred values outside [0, 1];
+                   ``0``: read values as they are.
 =================  ===========================================================
 
-Invalid sparse labels (non-integer or outside [0, C) and not ignore /
-background) raise ``MXNetError`` naming the value, its position and the range.
+Refused values raise ``MXNetError`` (at the next sync) whose message starts
+with ``gluon_focal_loss:`` and names the argument, the value, its position and
+what was expected.
+
+The operator is registered for CPU only: :func:`choose_backend` is the one
+place that decides between it and the composite graph.
 
 Threads: default = MXNet's own operator thread count (see
 :func:`default_num_threads`); override with ``GLUON_FOCAL_NUM_THREADS`` or
@@ -59,7 +68,8 @@ import threading
 
 __all__ = ['load', 'available', 'unavailable_reason', 'library_path', 'op_attrs',
            'fused_focal_loss', 'set_num_threads', 'get_num_threads',
-           'default_num_threads', 'simd_level', 'needs_grad_add', 'OP_NAME', 'GRAPH_NODE_NAME']
+           'default_num_threads', 'simd_level', 'needs_grad_add', 'choose_backend', 'runs_on',
+           'OP_NAME', 'GRAPH_NODE_NAME']
 
 OP_NAME = 'gluon_focal_loss'
 LIB_NAME = 'libgluon_focal_op.so'
@@ -172,14 +182,15 @@ def _fmt_num(v):
 
 def op_attrs(mode=None, axis=-1, batch_axis=0, gamma=2.0, alpha=0.25,
              from_sigmoid=False, eps=1e-12, ignore_label=None, background_label=None,
-             normalization='mean', scale=1.0, label_mode=None):
+             normalization='mean', scale=1.0, label_mode=None, validate=True):
     """Build the operator's string attributes from Python values
     (``mode`` and ``label_mode`` are aliases; default 'dense')."""
     if mode is not None and label_mode is not None and mode != label_mode:
         raise ValueError('mode=%r and label_mode=%r disagree' % (mode, label_mode))
     label_mode = mode or label_mode or 'dense'
-    if label_mode not in ('dense', 'sparse'):
-        raise ValueError("label_mode must be 'dense' or 'sparse', got %r" % (label_mode,))
+    if label_mode not in ('dense', 'sparse', 'binary'):
+        raise ValueError("label_mode must be 'dense', 'sparse' or 'binary', got %r"
+                         % (label_mode,))
     if normalization not in _NORMALIZATIONS:
         raise ValueError('normalization must be one of %s, got %r'
                          % (_NORMALIZATIONS, normalization))
@@ -204,7 +215,59 @@ def op_attrs(mode=None, axis=-1, batch_axis=0, gamma=2.0, alpha=0.25,
         'background_label': 'none' if background_label is None else _fmt_num(background_label),
         'normalization': normalization,
         'scale': _fmt_num(scale),
+        'validate': '1' if validate else '0',
     }
+
+
+def runs_on(context):
+    """True when the fused operator can run on arrays of ``context`` (CPU memory)."""
+    return context.device_type in ('cpu', 'cpu_pinned', 'cpu_shared')
+
+
+def choose_backend(impl, kernel_available, context, layout_supported=True, num_gpus=None):
+    """'fused' or 'composite': the one dispatch rule, a pure function of its arguments.
+
+    Parameters
+    ----------
+    impl : {'auto', 'fused', 'composite'}
+        What the user asked for.
+    kernel_available : bool
+        Whether the operator library is loaded (:func:`available`).
+    context : mx.Context or None
+        ``pred.context``; None for Symbols, whose context is only known when
+        the graph runs.
+    layout_supported : bool
+        Whether the kernel can reduce this layout (see ``FocalLoss``).
+    num_gpus : int or None
+        GPUs visible to MXNet (``mx.context.num_gpus()`` when None); only used
+        for Symbols.
+
+    ``'auto'`` picks the kernel for CPU contexts only; for Symbols it picks it
+    only when no GPU is visible (then the graph can only run on CPU), else the
+    composite graph, which runs anywhere. ``impl='fused'`` with a non-CPU
+    context raises ValueError (the operator is registered for CPU only).
+    """
+    if impl == 'composite':
+        return 'composite'
+    if impl == 'fused':
+        if not kernel_available:
+            raise RuntimeError("impl='fused' but the fused focal-loss kernel is not loaded: %s"
+                               % unavailable_reason())
+        if context is not None and not runs_on(context):
+            raise ValueError("impl='fused' runs on CPU only, but pred is on %s; use "
+                             "impl='auto' (picks the composite graph there) or "
+                             "impl='composite'." % (context,))
+        return 'fused'
+    if impl != 'auto':
+        raise ValueError("impl=%r is not one of 'auto', 'fused', 'composite'." % (impl,))
+    if not kernel_available or not layout_supported:
+        return 'composite'
+    if context is None:
+        if num_gpus is None:
+            import mxnet as mx
+            num_gpus = mx.context.num_gpus()
+        return 'fused' if num_gpus == 0 else 'composite'
+    return 'fused' if runs_on(context) else 'composite'
 
 
 def needs_grad_add(pred):
@@ -226,7 +289,7 @@ def fused_focal_loss(F, pred, label, grad_add='auto', **attrs):
 
     ``attrs`` are Python values accepted by :func:`op_attrs` (mode, axis,
     batch_axis, gamma, alpha, from_sigmoid, eps, ignore_label,
-    background_label, normalization, scale).
+    background_label, normalization, scale, validate).
 
     ``grad_add``: extension-library ops never see MXNet's ``req`` and always
     *overwrite* the gradient buffer they are given, so with

@@ -28,7 +28,7 @@ import numbers
 import mxnet as mx
 from mxnet.gluon.loss import Loss
 
-from ..labels import ResolvedLabels, check_label_values, resolve_label_mode
+from ..validation import ResolvedLabels, check_label_values, resolve_label_mode
 from ..loss import FocalLoss
 
 __all__ = ['SegmentationFocalLoss', 'MixSigmoidFocalLoss', 'SegmentationBCELoss']

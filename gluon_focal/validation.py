@@ -51,7 +51,7 @@ GLUONCV_ARGUMENTS = {
 # SOFTMAX_FLAT). Confident sigmoid heads (near one-hot), exact one-hots, heads at their
 # prior-probability initialisation (flat rows of 1/C) and small batches are accepted.
 SOFTMAX_SUM_TOLERANCE = 1e-3
-SOFTMAX_MIN_POSITIONS = 4
+SOFTMAX_MIN_POSITIONS = 2
 SOFTMAX_ONE_HOT = 0.99
 SOFTMAX_FLAT = 0.01
 

@@ -321,13 +321,15 @@ def test_metric_binary_hand_computed():
 def test_metric_threshold_probabilities_and_0_255():
     prob = np.array([[[[0.9, 0.35], [0.25, 0.05]]]])
     label = np.array([[[255, 255], [0, 0]]])
-    m = SigmoidSegmentationMetric(threshold=0.3, from_logits=False, binary_values=(0, 255))
+    m = SigmoidSegmentationMetric(threshold=0.3, from_sigmoid=True, binary_values=(0, 255))
     m.update(nd(label), nd(prob))
     assert m.get()[1][1] == pytest.approx(1.0)
-    m = SigmoidSegmentationMetric(threshold=0.5, from_logits=False, binary_values=(0, 255))
+    m = SigmoidSegmentationMetric(threshold=0.5, from_sigmoid=True, binary_values=(0, 255))
     m.update(nd(label), nd(prob))
     assert m.get()[1][1] == pytest.approx(0.5)
-    with pytest.raises(ValueError, match='binary labels'):
+    # the metric checks labels with the loss's validator: value, position and the mapping
+    with pytest.raises(ValueError, match=r'label value 255 at position \(0, 0, 0\).*'
+                                         r'binary_values=\(0, 1\)'):
         SigmoidSegmentationMetric().update(nd(label), nd(prob))
 
 

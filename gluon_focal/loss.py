@@ -22,13 +22,22 @@ _MODULATOR_FLOOR = 1e-30
 
 
 # -- the formula ----------------------------------------------------------------------------------
-def softplus(F, x):
-    """log(1 + exp(x)) without overflow, to float precision (MXNet's softrelu is not).
+def log1p_exp_parts(F, x):
+    """(max(x, 0), min(x, 0), log(1 + exp(-|x|))): softplus(x) is the first plus the
+    last, log(sigmoid(x)) the second minus the last, without overflow.
 
-    -|x| is written minimum(x, -x) so that at x = 0 the gradient takes the
-    ``x`` branch and comes out as sigmoid(0) = 0.5 (abs has gradient 0 there).
-    """
-    return F.relu(x) + F.log1p(F.exp(F.minimum(x, -x)))
+    -|x| is written min(x, 0) - max(x, 0): finite or -inf for x = +-inf, and
+    its gradient at x = 0 is 1, so that softplus'(0) = sigmoid(0) = 0.5 (abs
+    has gradient 0 there). Only relu's output and x are kept for the backward
+    pass (MXNet's softrelu is not accurate to float precision)."""
+    positive_part, negative_part = F.relu(x), F.minimum(x, 0)
+    return positive_part, negative_part, F.log1p(F.exp(negative_part - positive_part))
+
+
+def softplus(F, x):
+    """log(1 + exp(x)) = -log(sigmoid(-x))."""
+    positive_part, _, tail = log1p_exp_parts(F, x)
+    return positive_part + tail
 
 
 def modulating_factor(F, one_minus_pt, gamma):
@@ -42,17 +51,25 @@ def modulating_factor(F, one_minus_pt, gamma):
     return F.maximum(one_minus_pt, _MODULATOR_FLOOR) ** gamma
 
 
-def focal_terms_hard(F, logit, positive, gamma):
-    """(1 - p_t)^gamma * CE for 0/1 targets, from logits.
+def focal_terms_hard(F, logit, positive, gamma, log_alpha_t=None):
+    """alpha_t (1 - p_t)^gamma * CE for 0/1 targets, from logits.
 
     ``z`` is the logit of the wrong answer (-logit where the target is 1), so
-    -log(p_t) = softplus(z) and 1 - p_t = sigmoid(z): an infinite logit on the
-    side of its target gives z = -inf and a loss of exactly 0.
+    -log(p_t) = softplus(z) and log(1 - p_t) = log(sigmoid(z)). An infinite
+    logit on the side of its target gives z = -inf and a loss of exactly 0; on
+    the other side, a loss of inf. The weight is exp(gamma log(1 - p_t) +
+    log(alpha_t)): fewer tensors kept for the backward pass than sigmoid, a
+    power and two products, and a finite gradient for any gamma.
     """
-    z = logit * (1 - 2 * positive)
-    ce = softplus(F, z)
-    factor = modulating_factor(F, F.Activation(z, act_type='sigmoid'), gamma)
-    return ce if factor is None else ce * factor
+    z = F.where(positive, -logit, logit)
+    positive_part, negative_part, tail = log1p_exp_parts(F, z)
+    ce = positive_part + tail
+    if gamma == 0 and log_alpha_t is None:
+        return ce
+    log_weight = (negative_part - tail) * gamma if gamma else None
+    if log_alpha_t is not None:
+        log_weight = log_alpha_t if log_weight is None else log_weight + log_alpha_t
+    return ce * F.exp(log_weight)
 
 
 def _weighted(F, weight, value):
@@ -88,6 +105,23 @@ def alpha_weights(F, target, alpha, per_class=None):
         return target * (2 * alpha - 1) + (1 - alpha)
     negative, slope = per_class
     return F.broadcast_add(F.broadcast_mul(target, slope), negative)
+
+
+def log_alpha_weights(F, target, alpha, per_class=None):
+    """log(alpha_t) for 0/1 targets, with log(0) as -1e4 (exp gives exactly 0 and
+    t * (a - b) + b stays exact for a weight of 1). ``per_class``: a pair of tensors
+    (log(1 - alpha_c), log(alpha_c) - log(1 - alpha_c)) broadcastable along the class
+    axis."""
+    if per_class is None:
+        negative, slope = _log_or_floor(1 - alpha), None
+        slope = _log_or_floor(alpha) - negative
+        return target * slope + negative
+    negative, slope = per_class
+    return F.broadcast_add(F.broadcast_mul(target, slope), negative)
+
+
+def _log_or_floor(value):
+    return max(float(np.log(value)), -1e4) if value > 0 else -1e4
 
 
 def clip_eps(eps, dtype):
@@ -351,9 +385,11 @@ class FocalLoss(Loss):
         compute = 'float64' if resolved.dtype == 'float64' else 'float32'
         pred_view, label_view, axis = self._views(F, pred, label, resolved)
         label_view = _cast(F, label_view, resolved.label_dtype, compute)
-        if self._check_in_graph:
-            label_view = F.broadcast_add(
-                label_view, validate_symbol(F, pred, label, self._value_rules(resolved)))
+        # the validator's zero joins the smallest tensor that the output depends on
+        check = validate_symbol(F, pred, label, self._value_rules(resolved)) \
+            if self._check_in_graph else None
+        if check is not None and self._normalization == 'none':
+            label_view, check = F.broadcast_add(label_view, check), None
         positions = class_positions(F, pred_view, axis, resolved.dtype, compute) \
             if resolved.mode == 'sparse' or self._alpha_values is not None else None
         target, valid = self._targets(F, positions, label_view, resolved.mode)
@@ -375,6 +411,8 @@ class FocalLoss(Loss):
             num_positive = F.sum(target if valid is None else F.broadcast_mul(target, valid))
         batch_axis = self._batch_axis if symbolic else self._batch_axis % resolved.ndim
         loss = reduce_loss(F, loss, self._normalization, batch_axis, valid_count, num_positive)
+        if check is not None:
+            loss = F.broadcast_add(loss, check)
         return loss if symbolic else _cast(F, loss, compute, resolved.dtype)
 
     def _views(self, F, pred, label, resolved):
@@ -413,18 +451,27 @@ class FocalLoss(Loss):
         if valid is not None:
             # ignored positions contribute 0 even where their logit is inf or nan
             pred = F.where(F.broadcast_like(valid, pred), pred, F.zeros_like(pred))
-        if self._resolved.mode != 'dense' and not self._from_sigmoid:
-            loss = focal_terms_hard(F, pred, target, self._gamma)
+        zero_one = self._resolved.mode != 'dense'   # targets are exactly 0 or 1
+        hard = zero_one and not self._from_sigmoid
+        per_class = None
+        if self._alpha_values is not None:
+            if hard:
+                negative = [_log_or_floor(1 - a) for a in self._alpha_values]
+                slope = [_log_or_floor(a) - n for a, n in zip(self._alpha_values, negative)]
+            else:
+                negative = [1 - a for a in self._alpha_values]
+                slope = [2 * a - 1 for a in self._alpha_values]
+            per_class = tuple(F.reshape_like(constant_vector(F, values, dtype), positions)
+                              for values in (negative, slope))
+        if hard:
+            log_alpha_t = None if self._alpha is None and per_class is None else \
+                log_alpha_weights(F, target, self._alpha, per_class)
+            loss = focal_terms_hard(F, pred, target, self._gamma, log_alpha_t)
         else:
             loss = focal_terms_soft(F, pred, target, self._gamma, self._from_sigmoid,
                                     clip_eps(self._eps, dtype))
-        per_class = None
-        if self._alpha_values is not None:
-            per_class = tuple(F.reshape_like(constant_vector(F, values, dtype), positions)
-                              for values in ([1 - a for a in self._alpha_values],
-                                             [2 * a - 1 for a in self._alpha_values]))
-        if self._alpha is not None or per_class is not None:
-            loss = loss * alpha_weights(F, target, self._alpha, per_class)
+            if self._alpha is not None or per_class is not None:
+                loss = loss * alpha_weights(F, target, self._alpha, per_class)
         return loss if valid is None else F.broadcast_mul(loss, valid)
 
     def _fused(self, F, pred, label, normalization, weight):

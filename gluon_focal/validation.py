@@ -243,7 +243,9 @@ def _first_bad(values, bad):
 
 def label_error(label, rules):
     """The ValueError for the refused values of numpy ``label`` (None when all are fine)."""
-    label = np.asarray(label, dtype=np.float64)
+    label = np.asarray(label)
+    if label.dtype.kind != 'f':
+        label = label.astype(np.float64)
     bad = np.asarray(bad_label_mask(np, label, rules)).astype(bool)
     if not bad.any():
         return None
@@ -256,7 +258,7 @@ def label_error(label, rules):
 
 def probability_error(pred, rules):
     """The ValueError for numpy ``pred`` with from_sigmoid=True (None when it is fine)."""
-    pred = np.asarray(pred, dtype=np.float64)
+    pred = np.asarray(pred)
     bad = np.asarray(bad_probability_mask(np, pred)).astype(bool)
     if bad.any():
         nan = np.isnan(pred)
@@ -273,7 +275,7 @@ def probability_error(pred, rules):
                           '(first: pred value %s at position %s). Pass logits with '
                           'from_sigmoid=False.' % (summary, _fmt(value), position))
     if rules.mode != 'binary' and looks_like_softmax(
-            *[float(s) for s in softmax_statistics(np, pred, rules.axis)],
+            *[float(s) for s in softmax_statistics(np, pred.astype(np.float64), rules.axis)],
             num_class=pred.shape[rules.axis]):
         return softmax_error(rules.axis)
     return None
@@ -307,8 +309,9 @@ def check_values(pred, label, rules):
     message is built only for refused inputs. Raises ValueError.
     """
     nd = mx.nd
-    label64 = label.astype('float64', copy=False)
-    counts = [nd.sum(bad_label_mask(nd, label64, rules)).astype('float64')]
+    if np.dtype(label.dtype).kind != 'f':   # integer labels: compare as float64
+        label = label.astype('float64')
+    counts = [nd.sum(bad_label_mask(nd, label, rules)).astype('float64')]
     if rules.from_sigmoid:
         counts.append(nd.sum(bad_probability_mask(nd, pred)).astype('float64'))
         if rules.mode != 'binary':
@@ -332,25 +335,44 @@ def validate_symbol(F, pred, label, rules):
     attrs = {'mode': rules.mode, 'axis': str(rules.axis), 'ignore_label': repr(rules.ignore_label),
              'background_label': repr(rules.background_label),
              'from_sigmoid': str(int(rules.from_sigmoid))}
-    return F.BlockGrad(F.Custom(pred, label, op_type=VALIDATE_OP, **attrs))
+    # pred itself only when its values are checked; else a length-C vector gives C
+    checked = pred if rules.from_sigmoid else F.contrib.arange_like(pred, axis=rules.axis)
+    return F.BlockGrad(F.Custom(checked, label, op_type=VALIDATE_OP, **attrs))
 
 
 def _parse(value):
     return None if value == 'None' else float(value)
 
 
+def check_numpy_values(pred, label, rules):
+    """:func:`check_values` on numpy arrays (``pred`` may be None without from_sigmoid)."""
+    error = label_error(label, rules)
+    if error is None and rules.from_sigmoid:
+        error = probability_error(pred, rules)
+    if error is not None:
+        raise error
+
+
 class ValidateOp(mx.operator.CustomOp):
-    """Runs :func:`check_values` on (pred, label); outputs a float32 zero. pred is an input
-    for its shape (C) and, with from_sigmoid, its values."""
+    """Runs :func:`check_numpy_values` on (pred, label); outputs a float32 zero. MXNet
+    prints the ValueError and fails the graph with an MXNetError at the next sync. Without
+    from_sigmoid, ``pred`` is the vector 0..C-1 (only C is needed)."""
 
     def __init__(self, rules):
         super(ValidateOp, self).__init__()
         self.rules = rules
 
     def forward(self, is_train, req, in_data, out_data, aux):
+        # numpy on the host: engine operators pushed from inside a custom operator can
+        # wait on the graph that runs it
         pred, label = in_data
-        axis = self.rules.axis % pred.ndim   # pred's shape gives C and the axis
-        check_values(pred, label, self.rules._replace(axis=axis, num_class=pred.shape[axis]))
+        if self.rules.from_sigmoid:
+            axis = self.rules.axis % pred.ndim
+            rules = self.rules._replace(axis=axis, num_class=pred.shape[axis])
+            pred = pred.asnumpy()
+        else:   # pred is the class positions 0..C-1
+            rules = self.rules._replace(num_class=pred.shape[0])
+        check_numpy_values(pred, label.asnumpy(), rules)
         self.assign(out_data[0], req[0], mx.nd.zeros((1,), ctx=out_data[0].context))
 
     def backward(self, req, out_grad, in_data, out_data, in_grad, aux):
@@ -367,6 +389,9 @@ class ValidateProp(mx.operator.CustomOpProp):
 
     def list_arguments(self):
         return ['pred', 'label']
+
+    def declare_backward_dependency(self, out_grad, in_data, out_data):
+        return []   # nothing flows back: keep no tensor alive for a backward pass
 
     def infer_shape(self, in_shape):
         return in_shape, [(1,)], []

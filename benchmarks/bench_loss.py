@@ -2,6 +2,7 @@
 
     python benchmarks/bench_loss.py [--quick] [--json PATH] [--repeats N]
                                     [--workloads W1,W2s,...] [--no-rss]
+                                    [--rss-workloads W1,W3,...]
 
 One process, one table.  Every implementation is a hybridized Gluon block run
 under autograd.record(), as the last layer of an outer hybridized block (see
@@ -29,7 +30,8 @@ gets a precomputed dense one-hot label of pred's shape (sparse_label=False);
 for W3 it gets the mask with sparse_label=False.  For W2s/W1 gluoncv needs
 num_class; it is given C (W1 includes background as class 0, like SSD).
 
-Peak memory: each implementation runs W1 in its own subprocess; "extra MB" is
+Peak memory: each implementation runs W1 (or each of --rss-workloads) in its own
+subprocess; "extra MB" is
 the peak RSS minus the RSS after pred/label were created (so it includes the
 gradient buffer and every temporary); the target for ours is gradient + <10%.
 """
@@ -226,6 +228,7 @@ def main():
     ap.add_argument('--workloads', default='W1,W2s,W2d,W3,W4')
     ap.add_argument('--impls', default=None)
     ap.add_argument('--no-rss', action='store_true')
+    ap.add_argument('--rss-workloads', default='W1')
     ap.add_argument('--rss-child', nargs=2, metavar=('IMPL', 'WORKLOAD'))
     args = ap.parse_args()
     if args.rss_child:
@@ -271,22 +274,22 @@ def main():
             if base and base[0]['ms'] and r['ms']:
                 r['x_vs_' + ref] = r['ms'] / base[0]['ms']
     mem = []
-    if not args.no_rss:
+    for rss_workload in ([] if args.no_rss else args.rss_workloads.split(',')):
         for impl in names:
-            cmd = [sys.executable, os.path.abspath(__file__), '--rss-child', impl, 'W1']
+            cmd = [sys.executable, os.path.abspath(__file__), '--rss-child', impl, rss_workload]
             if args.quick:
                 cmd.append('--quick')
             proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   universal_newlines=True)
             try:
                 d = json.loads(proc.stdout.strip().splitlines()[-1])
-                d['impl'] = impl
+                d['impl'], d['workload'] = impl, rss_workload
                 d['extra_mb'] = (d['peak'] - d['base']) / 2**20
                 d['grad_mb'] = d['grad_bytes'] / 2**20
                 d['extra_over_grad'] = (d['peak'] - d['base']) / d['grad_bytes']
                 mem.append(d)
             except Exception:  # noqa: BLE001
-                mem.append({'impl': impl, 'error': proc.stderr[-500:]})
+                mem.append({'impl': impl, 'workload': rss_workload, 'error': proc.stderr[-500:]})
 
     print('# focal loss fwd+bwd, hybridized, median of %d after %d warm-up; %s; simd=%s; '
           'cpus=%s' % (repeats, warmup, 'QUICK sizes' if args.quick else 'full sizes',
@@ -305,15 +308,16 @@ def main():
             '%.2f' % r['x_vs_bce'] if 'x_vs_bce' in r else '-',
             '%.2f' % r['x_vs_gluoncv'] if 'x_vs_gluoncv' in r else '-'))
     if mem:
-        print('\n# peak memory, W1%s, one subprocess per implementation' %
+        print('\n# peak memory%s, one subprocess per implementation and workload' %
               (' (quick size)' if args.quick else ''))
-        print('%-12s %12s %10s %14s' % ('impl', 'extra MB', 'grad MB', 'extra/grad'))
+        print('%-5s %-12s %12s %10s %14s' % ('wl', 'impl', 'extra MB', 'grad MB', 'extra/grad'))
         for d in mem:
             if 'error' in d:
-                print('%-12s  n/a %s' % (d['impl'], d['error'][-80:]))
+                print('%-5s %-12s  n/a %s' % (d['workload'], d['impl'], d['error'][-80:]))
             else:
-                print('%-12s %12.1f %10.1f %14.3f' % (d['impl'], d['extra_mb'], d['grad_mb'],
-                                                     d['extra_over_grad']))
+                print('%-5s %-12s %12.1f %10.1f %14.3f' % (
+                    d['workload'], d['impl'], d['extra_mb'], d['grad_mb'],
+                    d['extra_over_grad']))
     if args.json:
         with open(args.json, 'w') as f:
             json.dump({'info': info, 'rows': rows, 'memory': mem}, f, indent=1)

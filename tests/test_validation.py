@@ -43,13 +43,14 @@ def expect_refusal(impl, hybridize, pattern, fn):
             fn()
 
 
-# -- 1. checks hybridized or not --------------------------------------------------------------------
+# -- 1. checks hybridized or not -------------------------------------------------------------------
 BAD_INPUTS = [
     # id, kwargs, pred, label, pattern (value and position named)
     ('binary-0/255-mask', dict(axis=1, label_mode='binary'), np.zeros((2, 1, 3, 3)),
      np.full((2, 3, 3), 255.0), r'label value 255 at position \(0, 0, 0\).*'),
     ('sparse-label=C', dict(axis=1), np.zeros((2, 3, 2, 2)),
-     np.array([[[0, 1], [2, 3]], [[0, 0], [0, 0]]]), r'label value 3 at (label )?position \(0, 1, 1\)'),
+     np.array([[[0, 1], [2, 3]], [[0, 0], [0, 0]]]),
+     r'label value 3 at (label )?position \(0, 1, 1\)'),
     ('sparse-label=nan', dict(label_mode='sparse'), np.zeros((2, 3)), np.array([0, np.nan]),
      r'label value nan at (label )?position \(1,\)'),
     ('dense-label=1.5', dict(label_mode='dense'), np.zeros((2, 3)),
@@ -127,7 +128,7 @@ def test_segmentation_loss_takes_sample_weight_by_keyword():
     np.testing.assert_allclose(out.asnumpy(), expected, rtol=1e-5)
 
 
-# -- 3. dtype-generic composite graph inside a parent's graph ---------------------------------------
+# -- 3. dtype-generic composite graph inside a parent's graph --------------------------------------
 @pytest.mark.parametrize('dtype, rtol', [('float16', 3e-3), ('float32', 1e-5),
                                          ('float64', 1e-5)])
 @pytest.mark.parametrize('mode', ['sparse', 'binary-squeezed'])
@@ -170,7 +171,7 @@ def test_composite_inside_a_parent_graph_keeps_stability():
     assert np.all(loss[1] == 0) and np.all(grad[1] == 0) and np.isfinite(grad).all()
 
 
-# -- 4. softmax refusal without false positives -------------------------------------------------------
+# -- 4. softmax refusal without false positives ----------------------------------------------------
 def _confident(rng):
     one_hot = np.eye(5)[rng.randint(0, 5, 64)]
     return one_hot * 0.9999 + 2e-5
@@ -220,7 +221,7 @@ def test_softmax_rule_itself():
     assert not looks_like_softmax(*softmax_statistics(np, off, 1), num_class=3)
 
 
-# -- 5. smaller things ------------------------------------------------------------------------------
+# -- 5. smaller things -----------------------------------------------------------------------------
 @pytest.mark.parametrize('name, value, hint', [
     ('from_logits', False, r'from_sigmoid \(inverted meaning'),
     ('sparse_label', True, r"label_mode='sparse'"),

@@ -85,8 +85,8 @@ class SegmentationFocalLoss(Loss):
     ``loss(pred1) + sum_k aux_weight_k * loss(pred_{k+1})``.
     """
 
-    def __init__(self, aux=True, aux_weight=0.2, ignore_label=SEGMENTATION_IGNORE_LABEL, mode='auto',
-                 binary_values=(0, 1), validate=True, alpha=0.25, gamma=2.0,
+    def __init__(self, aux=True, aux_weight=0.2, ignore_label=SEGMENTATION_IGNORE_LABEL,
+                 mode='auto', binary_values=(0, 1), validate=True, alpha=0.25, gamma=2.0,
                  from_sigmoid=False, normalization='valid', weight=None, batch_axis=0,
                  impl='auto', **kwargs):
         super().__init__(None, batch_axis, **kwargs)

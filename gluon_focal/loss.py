@@ -382,6 +382,7 @@ class FocalLoss(Loss):
         # float16 is computed in float32, like the kernel does; Symbols have no known
         # dtype, so a symbolic graph computes in float32 (and returns float32)
         symbolic = resolved.dtype is None
+        reshaped = symbolic and resolved.axis >= 0   # see _views
         compute = 'float64' if resolved.dtype == 'float64' else 'float32'
         pred_view, label_view, axis = self._views(F, pred, label, resolved)
         label_view = _cast(F, label_view, resolved.label_dtype, compute)
@@ -398,7 +399,7 @@ class FocalLoss(Loss):
         else:
             loss = self._composite_elementwise(F, _cast(F, pred_view, resolved.dtype, compute),
                                                target, valid, positions, compute)
-            loss = F.reshape_like(loss, pred) if symbolic else loss
+            loss = F.reshape_like(loss, pred) if reshaped else loss
         if sample_weight is not None:
             loss = F.broadcast_mul(loss, _cast(F, sample_weight, resolved.dtype, compute))
         if self._weight is not None:
@@ -406,7 +407,7 @@ class FocalLoss(Loss):
         valid_count = num_positive = None
         if self._normalization == 'valid' and valid is not None:
             valid_count = F.broadcast_like(valid, pred_view)
-            valid_count = F.reshape_like(valid_count, pred) if symbolic else valid_count
+            valid_count = F.reshape_like(valid_count, pred) if reshaped else valid_count
         if self._normalization == 'positive':
             num_positive = F.sum(target if valid is None else F.broadcast_mul(target, valid))
         batch_axis = self._batch_axis if symbolic else self._batch_axis % resolved.ndim

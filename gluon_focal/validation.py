@@ -327,6 +327,7 @@ def check_values(pred, label, rules):
 
 # -- inside symbolic graphs -----------------------------------------------------------------------
 VALIDATE_OP = 'gluon_focal_validate'
+_CHECK_CHUNK = 1 << 18   # label elements copied to the host at a time
 
 
 def validate_symbol(F, pred, label, rules):
@@ -368,11 +369,18 @@ class ValidateOp(mx.operator.CustomOp):
         pred, label = in_data
         if self.rules.from_sigmoid:
             axis = self.rules.axis % pred.ndim
-            rules = self.rules._replace(axis=axis, num_class=pred.shape[axis])
-            pred = pred.asnumpy()
+            check_numpy_values(pred.asnumpy(), label.asnumpy(), self.rules._replace(
+                axis=axis, num_class=pred.shape[axis]))
         else:   # pred is the class positions 0..C-1
             rules = self.rules._replace(num_class=pred.shape[0])
-        check_numpy_values(pred, label.asnumpy(), rules)
+            # label by slices of the batch: no label-sized copy while the graph's own
+            # tensors are alive; the message is built from the whole label
+            rows = label.shape[0] if label.ndim else 1
+            step = max(1, _CHECK_CHUNK * rows // max(label.size, 1))
+            for start in range(0, rows, step):
+                part = label[start:start + step] if label.ndim else label
+                if np.any(bad_label_mask(np, part.asnumpy(), rules)):
+                    raise label_error(label.asnumpy(), rules)
         self.assign(out_data[0], req[0], mx.nd.zeros((1,), ctx=out_data[0].context))
 
     def backward(self, req, out_grad, in_data, out_data, in_grad, aux):

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_loss.py [--quick] [--json PATH] [--repeats N] [--threads 1,2]
                                     [--workloads W1,W2s,...] [--impls ...] [--no-rss]
+                                    [--rss-workloads W1,W3,...]
 
 Every implementation is a hybridized Gluon block run under autograd.record(),
 as the last layer of an outer hybridized block (see AsLastLayer: pred is then
@@ -37,7 +38,8 @@ gets a precomputed dense one-hot label of pred's shape (sparse_label=False);
 for W3 it gets the mask with sparse_label=False.  For W2s/W1 gluoncv needs
 num_class; it is given C (W1 includes background as class 0, like SSD).
 
-Peak memory: each implementation runs W1 in its own subprocess; "extra MB" is
+Peak memory: each implementation runs W1 (or each of --rss-workloads) in its own
+subprocess; "extra MB" is
 the peak RSS minus the RSS after pred/label were created (so it includes the
 gradient buffer and every temporary); the target for ours is gradient + <10%.
 """
@@ -331,25 +333,26 @@ def rss_child(impl, wname, quick):
                       'hwm_reset': hwm_reset}))
 
 
-def peak_memory(impls, quick):
+def peak_memory(impls, workloads, quick):
     mem = []
-    for impl in impls:
-        if impl == 'floor':
-            continue
-        cmd = [sys.executable, os.path.abspath(__file__), '--rss-child', impl, 'W1']
-        if quick:
-            cmd.append('--quick')
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              universal_newlines=True)
-        try:
-            d = json.loads(proc.stdout.strip().splitlines()[-1])
-            d['impl'] = impl
-            d['extra_mb'] = (d['peak'] - d['base']) / 2**20
-            d['grad_mb'] = d['grad_bytes'] / 2**20
-            d['extra_over_grad'] = (d['peak'] - d['base']) / d['grad_bytes']
+    for wname in workloads:
+        for impl in impls:
+            if impl == 'floor':
+                continue
+            cmd = [sys.executable, os.path.abspath(__file__), '--rss-child', impl, wname]
+            if quick:
+                cmd.append('--quick')
+            proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  universal_newlines=True)
+            try:
+                d = json.loads(proc.stdout.strip().splitlines()[-1])
+                d['extra_mb'] = (d['peak'] - d['base']) / 2**20
+                d['grad_mb'] = d['grad_bytes'] / 2**20
+                d['extra_over_grad'] = (d['peak'] - d['base']) / d['grad_bytes']
+            except Exception:  # noqa: BLE001
+                d = {'error': proc.stderr[-500:]}
+            d['impl'], d['workload'] = impl, wname
             mem.append(d)
-        except Exception:  # noqa: BLE001
-            mem.append({'impl': impl, 'error': proc.stderr[-500:]})
     return mem
 
 
@@ -362,6 +365,7 @@ def main():
     ap.add_argument('--workloads', default='W1,W2s,W2d,W3,W4')
     ap.add_argument('--impls', default=','.join(IMPLS))
     ap.add_argument('--no-rss', action='store_true')
+    ap.add_argument('--rss-workloads', default='W1')
     ap.add_argument('--rss-child', nargs=2, metavar=('IMPL', 'WORKLOAD'))
     ap.add_argument('--timing-child', type=int, metavar='THREADS')
     args = ap.parse_args()
@@ -381,7 +385,7 @@ def main():
             'simd': kernel.simd_level() if fused_ok else None, 'repeats': repeats,
             'threads': threads}
     rows = run_timings(threads, workloads, args.quick, repeats, impls)
-    mem = [] if args.no_rss else peak_memory(impls, args.quick)
+    mem = [] if args.no_rss else peak_memory(impls, args.rss_workloads.split(','), args.quick)
 
     print('# focal loss fwd+bwd, ns per logit element, hybridized; %s; simd=%s; %d cpus; '
           'median of %d interleaved rounds; each thread count in its own process '
@@ -390,15 +394,16 @@ def main():
                                               info['simd'], info['cpu_count'], repeats))
     print('\n'.join(ratio_table(rows, threads, workloads)))
     if mem:
-        print('\n# peak memory, W1%s, one subprocess per implementation' %
+        print('\n# peak memory%s, one subprocess per implementation and workload' %
               (' (quick size)' if args.quick else ''))
-        print('%-12s %12s %10s %14s' % ('impl', 'extra MB', 'grad MB', 'extra/grad'))
+        print('%-5s %-12s %12s %10s %14s' % ('wl', 'impl', 'extra MB', 'grad MB', 'extra/grad'))
         for d in mem:
             if 'error' in d:
-                print('%-12s  n/a %s' % (d['impl'], d['error'][-80:]))
+                print('%-5s %-12s  n/a %s' % (d['workload'], d['impl'], d['error'][-80:]))
             else:
-                print('%-12s %12.1f %10.1f %14.3f' % (d['impl'], d['extra_mb'], d['grad_mb'],
-                                                     d['extra_over_grad']))
+                print('%-5s %-12s %12.1f %10.1f %14.3f' % (
+                    d['workload'], d['impl'], d['extra_mb'], d['grad_mb'],
+                    d['extra_over_grad']))
     if args.json:
         with open(args.json, 'w') as f:
             json.dump({'info': info, 'rows': rows, 'memory': mem}, f, indent=1)

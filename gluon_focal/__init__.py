@@ -11,7 +11,7 @@ except Exception as err:  # any failure leaves the portable composite graph
                   stacklevel=2)
 
 from .init import PriorProbability  # noqa: E402
-from .labels import resolve_label_mode  # noqa: E402
+from .validation import resolve_label_mode  # noqa: E402
 from .loss import FocalLoss  # noqa: E402
 
 __version__ = '0.1.0'

@@ -1,4 +1,10 @@
-"""Sigmoid focal loss (Lin et al., "Focal Loss for Dense Object Detection")."""
+"""Sigmoid focal loss (Lin et al., "Focal Loss for Dense Object Detection").
+
+The formula is the first few functions (fvcore's focal_loss.py is the model);
+:class:`FocalLoss` checks its inputs, resolves the label layout, chooses the
+backend (the fused CPU kernel or the composite MXNet graph, see
+:func:`gluon_focal.kernel.choose_backend`) and runs it.
+"""
 import numbers
 
 import numpy as np
@@ -6,24 +12,64 @@ from mxnet import ndarray
 from mxnet.gluon.loss import Loss
 
 from . import kernel
-from .labels import (LABEL_MODES, ResolvedLabels, check_label_values, check_probabilities,
-                     resolve_label_mode)
+from .validation import (IMPLEMENTATIONS, LABEL_MODES, NORMALIZATIONS, ResolvedLabels,
+                         ValueRules, ambiguous_axes, check_gluoncv_arguments, check_values,
+                         resolve_label_mode, validate_symbol, warn_ambiguous_axis)
 
-NORMALIZATIONS = ('mean', 'sum', 'valid', 'positive', 'none')
-IMPLEMENTATIONS = ('auto', 'fused', 'composite')
-
-# (1 - p_t) is floored here before the power: d(x^gamma)/dx is infinite at 0
+# (1 - p_t) is floored here before a non-integer power: d(x^gamma)/dx is infinite at 0
 # for gamma < 1, and MXNet would multiply that by a zero chain-rule factor.
 _MODULATOR_FLOOR = 1e-30
 
 
-def softplus(F, x):
-    """log(1 + exp(x)) without overflow; MXNet's softrelu loses 1e-6 absolute.
+# -- the formula ----------------------------------------------------------------------------------
+def log1p_exp_parts(F, x):
+    """(max(x, 0), min(x, 0), log(1 + exp(-|x|))): softplus(x) is the first plus the
+    last, log(sigmoid(x)) the second minus the last, without overflow.
 
-    -|x| is written minimum(x, -x) so that at x = 0 the gradient takes the
-    ``x`` branch and comes out as sigmoid(0) = 0.5 (abs has gradient 0 there).
+    -|x| is written min(x, 0) - max(x, 0): finite or -inf for x = +-inf, and
+    its gradient at x = 0 is 1, so that softplus'(0) = sigmoid(0) = 0.5 (abs
+    has gradient 0 there). Only relu's output and x are kept for the backward
+    pass (MXNet's softrelu is not accurate to float precision)."""
+    positive_part, negative_part = F.relu(x), F.minimum(x, 0)
+    return positive_part, negative_part, F.log1p(F.exp(negative_part - positive_part))
+
+
+def softplus(F, x):
+    """log(1 + exp(x)) = -log(sigmoid(-x))."""
+    positive_part, _, tail = log1p_exp_parts(F, x)
+    return positive_part + tail
+
+
+def modulating_factor(F, one_minus_pt, gamma):
+    """(1 - p_t)^gamma, or None for gamma = 0."""
+    if gamma == 0:
+        return None
+    if gamma == 1:
+        return one_minus_pt
+    if gamma == 2:
+        return F.square(one_minus_pt)
+    return F.maximum(one_minus_pt, _MODULATOR_FLOOR) ** gamma
+
+
+def focal_terms_hard(F, logit, positive, gamma, log_alpha_t=None):
+    """alpha_t (1 - p_t)^gamma * CE for 0/1 targets, from logits.
+
+    ``z`` is the logit of the wrong answer (-logit where the target is 1), so
+    -log(p_t) = softplus(z) and log(1 - p_t) = log(sigmoid(z)). An infinite
+    logit on the side of its target gives z = -inf and a loss of exactly 0; on
+    the other side, a loss of inf. The weight is exp(gamma log(1 - p_t) +
+    log(alpha_t)): fewer tensors kept for the backward pass than sigmoid, a
+    power and two products, and a finite gradient for any gamma.
     """
-    return F.relu(x) + F.log1p(F.exp(F.minimum(x, -x)))
+    z = F.where(positive, -logit, logit)
+    positive_part, negative_part, tail = log1p_exp_parts(F, z)
+    ce = positive_part + tail
+    if gamma == 0 and log_alpha_t is None:
+        return ce
+    log_weight = (negative_part - tail) * gamma if gamma else None
+    if log_alpha_t is not None:
+        log_weight = log_alpha_t if log_weight is None else log_weight + log_alpha_t
+    return ce * F.exp(log_weight)
 
 
 def _weighted(F, weight, value):
@@ -31,12 +77,9 @@ def _weighted(F, weight, value):
     return F.where(weight > 0, weight * value, F.zeros_like(value))
 
 
-def sigmoid_focal_terms(F, pred, target, gamma, from_sigmoid, eps):
-    """Elementwise (1 - p_t)^gamma * CE(p, t) without alpha weighting.
-
-    From probabilities, ``eps`` must be representable next to 1 in pred's
-    dtype (see :func:`clip_bounds`).
-    """
+def focal_terms_soft(F, pred, target, gamma, from_sigmoid, eps):
+    """(1 - p_t)^gamma * CE for targets in [0, 1], from logits or probabilities
+    (clipped to [eps, 1 - eps]; see :func:`clip_eps`)."""
     if from_sigmoid:
         p = F.clip(pred, eps, 1 - eps)
         q = 1 - p
@@ -47,10 +90,38 @@ def sigmoid_focal_terms(F, pred, target, gamma, from_sigmoid, eps):
         # the side of its target has loss 0, not 0 * inf
         ce = _weighted(F, target, softplus(F, -pred)) + \
             _weighted(F, 1 - target, softplus(F, pred))
-    if gamma == 0:
-        return ce
-    one_minus_pt = target * q + (1 - target) * p
-    return ce * F.maximum(one_minus_pt, _MODULATOR_FLOOR) ** gamma
+    factor = modulating_factor(F, target * q + (1 - target) * p, gamma)
+    return ce if factor is None else ce * factor
+
+
+def alpha_weights(F, target, alpha, per_class=None):
+    """alpha_t = alpha t + (1 - alpha)(1 - t) = (1 - alpha) + (2 alpha - 1) t.
+
+    ``alpha`` is a float, or ``per_class`` is a pair (1 - alpha_c, 2 alpha_c - 1) of
+    tensors broadcastable along the class axis. 1 - alpha is formed in float64
+    before rounding, so alpha close to 1 keeps its negative weight.
+    """
+    if per_class is None:
+        return target * (2 * alpha - 1) + (1 - alpha)
+    negative, slope = per_class
+    return F.broadcast_add(F.broadcast_mul(target, slope), negative)
+
+
+def log_alpha_weights(F, target, alpha, per_class=None):
+    """log(alpha_t) for 0/1 targets, with log(0) as -1e4 (exp gives exactly 0 and
+    t * (a - b) + b stays exact for a weight of 1). ``per_class``: a pair of tensors
+    (log(1 - alpha_c), log(alpha_c) - log(1 - alpha_c)) broadcastable along the class
+    axis."""
+    if per_class is None:
+        negative, slope = _log_or_floor(1 - alpha), None
+        slope = _log_or_floor(alpha) - negative
+        return target * slope + negative
+    negative, slope = per_class
+    return F.broadcast_add(F.broadcast_mul(target, slope), negative)
+
+
+def _log_or_floor(value):
+    return max(float(np.log(value)), -1e4) if value > 0 else -1e4
 
 
 def clip_eps(eps, dtype):
@@ -58,71 +129,52 @@ def clip_eps(eps, dtype):
     return max(eps, float(np.finfo(dtype).epsneg))
 
 
+# -- graph plumbing -------------------------------------------------------------------------------
 def constant_vector(F, values, dtype):
     """A small constant vector built inside the graph from Python scalars: no
     Parameter, so a loss needs no initialize() and is safe to share between threads."""
     return F.concat(*[F.ones(shape=(1,), dtype=dtype) * float(v) for v in values], dim=0)
 
 
-def alpha_weights(F, target, alpha, class_index=None, dtype='float32'):
-    """alpha_t = alpha t + (1 - alpha)(1 - t).
-
-    ``alpha`` is a float, or per-class values looked up by ``class_index``
-    (each element's position along the class axis). 1 - alpha is formed in
-    float64 before rounding, so alpha close to 1 keeps its negative weight.
-    """
-    if class_index is None:
-        return alpha * target + (1 - alpha) * (1 - target)
-    positive = F.take(constant_vector(F, alpha, dtype), class_index)
-    negative = F.take(constant_vector(F, [1 - a for a in alpha], dtype), class_index)
-    return positive * target + negative * (1 - target)
+def class_positions(F, pred, axis, dtype, to):
+    """0..C-1 along the (negative) class ``axis`` as ``to``, shaped to broadcast against
+    ``pred`` (of ``dtype``; None when unknown)."""
+    positions = _cast(F, F.contrib.arange_like(pred, axis=axis), dtype, to)
+    return F.reshape(positions, (-1,) + (1,) * (-axis - 1))
 
 
-def _cast(F, x, dtype, to):
-    return x if dtype == to else F.cast(x, dtype=to)
+def per_sample_sum(F, x, batch_axis, mean=False):
+    """Sum (or mean) over every axis but ``batch_axis``. For batch_axis 0 it is a
+    matrix-vector product with ones, several times faster than MXNet's reduce."""
+    if batch_axis != 0:
+        return (F.mean if mean else F.sum)(x, axis=batch_axis, exclude=True)
+    rows = F.reshape(x, (0, -1))
+    ones = F.ones_like(F.slice_axis(rows, axis=0, begin=0, end=1))
+    if mean:
+        ones = F.broadcast_div(ones, F.sum(ones))
+    return F.reshape(F.dot(rows, ones, transpose_b=True), (-1,))
 
 
-def class_index_like(F, pred, axis, dtype):
-    """Each element's index along ``axis``, shaped like ``pred``."""
-    index = F.contrib.index_array(pred, axes=(axis,))
-    return F.cast(F.squeeze(index, axis=-1), dtype=dtype)
+def reduce_loss(F, loss, normalization, batch_axis, valid=None, num_positive=None):
+    """Reduce an elementwise loss to the per-sample values Gluon losses return.
 
-
-def dense_targets(F, label, resolved, dtype, class_index, ignore_label, background_label):
-    """Return (target, valid) in ``dtype``: 0/1 or soft targets and a 0/1
-    validity mask, both broadcastable to ``pred``. Sparse labels are compared
-    with ``class_index`` (see :func:`class_index_like`)."""
-    label = F.cast(label, dtype=dtype)
-    if resolved.mode == 'sparse':
-        position = F.expand_dims(label, axis=resolved.axis)
-        valid = F.ones_like(position) if ignore_label is None else position != ignore_label
-        if background_label is not None:
-            # background positions match no class: every target is 0
-            position = F.where(position == background_label, F.ones_like(position) * -1,
-                               position)
-        return F.broadcast_equal(class_index, position), valid
-    if resolved.expand_label:
-        label = F.expand_dims(label, axis=resolved.axis)
-    if ignore_label is None:
-        return label, F.ones_like(label)
-    valid = label != ignore_label
-    return label * valid, valid
-
-
-def reduce_loss(F, loss, target, valid, normalization, batch_axis):
-    """Reduce an elementwise loss to the per-sample values Gluon losses return."""
+    ``valid``: 0/1 of loss's shape ('valid'; None when every element counts);
+    ``num_positive``: positive targets in the whole batch ('positive')."""
     if normalization == 'none':
         return loss
-    if normalization == 'mean':
-        return F.mean(loss, axis=batch_axis, exclude=True)
-    total = F.sum(loss, axis=batch_axis, exclude=True)
+    if normalization == 'mean' or (normalization == 'valid' and valid is None):
+        return per_sample_sum(F, loss, batch_axis, mean=True)
+    total = per_sample_sum(F, loss, batch_axis)
     if normalization == 'sum':
         return total
     if normalization == 'valid':
-        valid = F.broadcast_like(valid, loss)
-        return total / F.maximum(F.sum(valid, axis=batch_axis, exclude=True), 1)
-    num_positive = F.sum(F.broadcast_mul(target, valid))
+        return total / F.maximum(per_sample_sum(F, valid, batch_axis), 1)
     return F.broadcast_div(total, F.maximum(num_positive, 1))
+
+
+def _cast(F, x, dtype, to):
+    """x (of ``dtype``, None when unknown) as ``to``."""
+    return x if dtype == to else F.cast(x, dtype=to)
 
 
 class FocalLoss(Loss):
@@ -139,8 +191,9 @@ class FocalLoss(Loss):
     ----------
     num_class : int or None
         Number of classes; must equal ``pred.shape[axis]``. Inferred if None.
-    axis : int, default -1
-        The class axis of ``pred`` (1 for N×C×H×W segmentation maps).
+    axis : int or None, default None (-1)
+        The class axis of ``pred`` (1 for N×C×H×W segmentation maps). Left at
+        its default, a label that fits several class axes (C == H == W) warns once.
     label_mode : {'auto', 'sparse', 'dense', 'binary'}
         'sparse': integer class indices shaped like ``pred`` without ``axis``.
         'dense': targets of ``pred``'s shape in [0, 1] (one-hot, multi-label, soft).
@@ -164,6 +217,9 @@ class FocalLoss(Loss):
         Per sample: the mean over all non-batch elements, their sum, the mean
         over non-ignored elements, the sum divided by the number of positive
         targets in the whole batch (at least 1; RetinaNet's), or no reduction.
+        float16 ``pred`` is computed in float32 and the result cast back to
+        float16: a 'sum' above 65504 is inf there (use another normalization
+        or float32 ``pred``).
     weight : float or None
         Global scalar weight for the loss.
     batch_axis : int, default 0
@@ -171,12 +227,17 @@ class FocalLoss(Loss):
     eps : float, default 1e-12
         Probability clipping for ``from_sigmoid=True``.
     impl : {'auto', 'fused', 'composite'}, default 'auto'
-        'fused' runs the compiled one-pass kernel, 'composite' chains MXNet
-        operators (graphs any MXNet runtime can load); 'auto' picks the
-        kernel when it is loaded.
+        'fused' runs the compiled one-pass kernel (CPU only), 'composite'
+        chains MXNet operators (any device; graphs any MXNet runtime can load
+        with ``validate=False``); 'auto' picks the kernel for CPU arrays when it
+        is loaded (see :func:`gluon_focal.kernel.choose_backend`).
     validate : bool, default True
-        Check the label values (and probabilities) of every NDArray call.
-        False skips that check (a device sync) for labels valid by construction.
+        Refuse bad values on every call, hybridized or not: sparse labels
+        outside [0, C) (or not integers) that are not ignore/background labels,
+        dense targets outside [0, 1], binary masks other than 0/1, NaN labels,
+        and with ``from_sigmoid=True`` probabilities outside [0, 1] and softmax
+        outputs. ``False`` reads the values as they are (out-of-range labels
+        then give undefined losses).
 
     Inputs:
         - **pred**: logits (or probabilities), any shape with a class axis.
@@ -184,16 +245,19 @@ class FocalLoss(Loss):
         - **sample_weight**: optional, broadcastable to ``pred``.
 
     Outputs:
-        - **loss**: shape (batch_size,), or ``pred``'s shape for 'none'.
+        - **loss**: shape (batch_size,), or ``pred``'s shape for 'none'; in
+          pred's dtype for NDArray inputs, float32 inside a symbolic graph.
     """
 
-    def __init__(self, num_class=None, axis=-1, label_mode='auto', alpha=0.25, gamma=2.0,
+    def __init__(self, num_class=None, axis=None, label_mode='auto', alpha=0.25, gamma=2.0,
                  from_sigmoid=False, ignore_label=None, background_label=None,
                  normalization='mean', weight=None, batch_axis=0, eps=1e-12, impl='auto',
                  validate=True, **kwargs):
+        check_gluoncv_arguments(kwargs)
         super(FocalLoss, self).__init__(_check_weight(weight), batch_axis, **kwargs)
         self._num_class = _check_num_class(num_class)
-        self._axis = _check_int('axis', axis)
+        self._axis_is_default = axis is None
+        self._axis = -1 if axis is None else _check_int('axis', axis)
         self._label_mode = _check_choice('label_mode', label_mode, LABEL_MODES)
         self._alpha, self._alpha_values = _check_alpha(alpha, self._num_class)
         self._gamma = _check_gamma(gamma)
@@ -207,125 +271,215 @@ class FocalLoss(Loss):
         self._eps = float(eps)
         if not 0 <= self._eps < 0.5:
             raise ValueError('eps=%r must be in [0, 0.5).' % eps)
-        self._impl = _choose_impl(impl)
+        _check_choice('impl', impl, IMPLEMENTATIONS)
         self._impl_requested = impl
+        if impl == 'fused':  # fail at construction, not at the first call
+            kernel.choose_backend('fused', kernel.available(), None)
         self._validate = bool(validate)
-        self._resolved = None
-        self._run_fused = False
-        self._grad_add = False
+        self._warned_ambiguous = False
+        # what the current graph was built for (see _use_graph)
+        self._resolved, self._runs, self._grad_add, self._check_in_graph = \
+            None, None, False, False
 
     @property
     def impl(self):
-        """'fused' or 'composite': the implementation this loss prefers (with
-        impl='auto', layouts the kernel cannot reduce still run composite)."""
-        return self._impl
+        """'fused' or 'composite': the implementation this loss prefers on CPU
+        (with impl='auto', layouts the kernel cannot reduce and non-CPU arrays
+        still run composite)."""
+        return 'fused' if self._impl_requested == 'fused' or \
+            (self._impl_requested == 'auto' and kernel.available()) else 'composite'
 
     def forward(self, pred, label, sample_weight=None):
-        """Resolve the label mode from the inputs, then run the graph."""
+        """Check the inputs, resolve the label layout, choose the backend, run it."""
         if isinstance(pred, ndarray.NDArray):
             _check_arrays(pred, label, sample_weight)
-            resolved = resolve_label_mode(pred.shape, label.shape, axis=self._axis,
-                                          label_mode=self._label_mode,
-                                          num_class=self._num_class,
-                                          dtype=np.dtype(pred.dtype).name)
-            self._check_alpha_length(pred.shape[resolved.axis], resolved)
-            self._check_batch(pred, sample_weight)
-            if self._background_label is not None and resolved.mode != 'sparse':
-                raise ValueError('background_label applies to sparse labels only, but label '
-                                 'shape %s resolved to the %s mode for pred shape %s.'
-                                 % (label.shape, resolved.mode, pred.shape))
-            if self._validate and not self._active:
-                self._check_values(pred, label, resolved)
-            fused = self._impl == 'fused' and self._kernel_takes(resolved, pred.ndim)
+            resolved = self._resolve(pred, label, sample_weight)._replace(
+                label_dtype=np.dtype(label.dtype).name)
+            backend = self._choose_backend(resolved, pred.context, pred.ndim)
+            # the kernel checks every value it reads; a hybridized graph leaves it to it
+            if self._validate and not (backend == 'fused' and self._active):
+                check_values(pred, label, self._value_rules(resolved, pred.shape))
             # the kernel cannot see grad_req='add' on an input that owns its gradient
-            grad_add = fused and kernel.needs_grad_add(pred)
+            grad_add = backend == 'fused' and kernel.needs_grad_add(pred)
+            check_in_graph = False
         else:
-            resolved, fused, grad_add = self._resolve_symbolic(pred), self._impl == 'fused', False
-        if (resolved, fused, grad_add) != (self._resolved, self._run_fused, self._grad_add):
-            # a new layout needs a new graph
-            self._resolved, self._run_fused, self._grad_add = resolved, fused, grad_add
-            self._clear_cached_op()
+            resolved = self._resolve_symbolic()
+            backend = self._choose_backend(resolved, None, None)
+            grad_add, check_in_graph = False, self._validate and backend == 'composite'
+        self._use_graph(resolved, backend, grad_add, check_in_graph)
         if sample_weight is None:
             return super(FocalLoss, self).forward(pred, label)
         return super(FocalLoss, self).forward(pred, label, sample_weight)
 
+    # -- check and resolve ----------------------------------------------------------------------
+    def _resolve(self, pred, label, sample_weight):
+        resolved = resolve_label_mode(pred.shape, label.shape, axis=self._axis,
+                                      label_mode=self._label_mode, num_class=self._num_class,
+                                      dtype=np.dtype(pred.dtype).name)
+        if self._axis_is_default and not self._warned_ambiguous and \
+                resolved.mode in ('sparse', 'binary') and ambiguous_axes(pred.shape, label.shape):
+            self._warned_ambiguous = True
+            warn_ambiguous_axis(pred.shape, label.shape, self._axis)
+        self._check_alpha_length(pred.shape[resolved.axis], resolved)
+        self._check_batch(pred, sample_weight)
+        if self._background_label is not None and resolved.mode != 'sparse':
+            raise ValueError('background_label applies to sparse labels only, but label '
+                             'shape %s resolved to the %s mode for pred shape %s.'
+                             % (label.shape, resolved.mode, pred.shape))
+        return resolved
+
+    def _resolve_symbolic(self):
+        """Symbols carry no shapes or dtypes: the mode must be explicit (binary masks
+        may lack pred's size-1 class axis), and the graph computes in float32."""
+        if self._label_mode == 'auto':
+            raise ValueError("label_mode='auto' needs the input shapes; on Symbol inputs pass "
+                             "label_mode='sparse', 'dense' or 'binary' explicitly.")
+        return ResolvedLabels(self._label_mode, self._axis, self._label_mode == 'binary')
+
+    def _value_rules(self, resolved, pred_shape=None):
+        return ValueRules(resolved.mode, resolved.axis,
+                          None if pred_shape is None else pred_shape[resolved.axis],
+                          self._ignore_label,
+                          self._background_label if resolved.mode == 'sparse' else None,
+                          self._from_sigmoid)
+
+    # -- choose the backend ---------------------------------------------------------------------
+    def _choose_backend(self, resolved, context, ndim):
+        return kernel.choose_backend(self._impl_requested, kernel.available(), context,
+                                     self._kernel_takes(resolved, ndim))
+
+    def _kernel_takes(self, resolved, ndim):
+        """Whether the kernel takes this axis layout: the kernel library decides
+        (:func:`gluon_focal.kernel.layout_problem`)."""
+        if ndim is None or not kernel.available():
+            return True  # ranks unknown (Symbols): the op says so if it cannot
+        problem = kernel.layout_problem(ndim, resolved.axis, self._batch_axis, resolved.mode,
+                                        self._alpha_values is not None, self._normalization)
+        if problem is not None and self._impl_requested == 'fused':
+            raise ValueError("impl='fused' cannot run this layout: %s; use impl='composite'."
+                             % problem)
+        return problem is None
+
+    def _use_graph(self, resolved, backend, grad_add, check_in_graph):
+        """Remember what the next graph is for; clear the cached one if that changed."""
+        key = (resolved, backend, grad_add, check_in_graph)
+        if key != (self._resolved, self._runs, self._grad_add, self._check_in_graph):
+            # a new layout or backend needs a new graph
+            self._resolved, self._runs, self._grad_add, self._check_in_graph = key
+            self._clear_cached_op()
+
+    # -- run --------------------------------------------------------------------------------------
     def hybrid_forward(self, F, pred, label, sample_weight=None):
         resolved = self._resolved
-        if self._run_fused and sample_weight is None:
+        fused = self._runs == 'fused'
+        if fused and sample_weight is None:
             return self._fused(F, pred, label, self._normalization, self._weight)
-        # float16 inputs are computed in float32, like the kernel does
-        compute = 'float32' if resolved.dtype == 'float16' else resolved.dtype
-        target = valid = None
-        if self._run_fused:
+        # float16 is computed in float32, like the kernel does; Symbols have no known
+        # dtype, so a symbolic graph computes in float32 (and returns float32)
+        symbolic = resolved.dtype is None
+        reshaped = symbolic and resolved.axis >= 0   # see _views
+        compute = 'float64' if resolved.dtype == 'float64' else 'float32'
+        pred_view, label_view, axis = self._views(F, pred, label, resolved)
+        label_view = _cast(F, label_view, resolved.label_dtype, compute)
+        # the validator's zero joins the smallest tensor that the output depends on
+        check = validate_symbol(F, pred, label, self._value_rules(resolved)) \
+            if self._check_in_graph else None
+        if check is not None and self._normalization == 'none':
+            label_view, check = F.broadcast_add(label_view, check), None
+        positions = class_positions(F, pred_view, axis, resolved.dtype, compute) \
+            if resolved.mode == 'sparse' or self._alpha_values is not None else None
+        target, valid = self._targets(F, positions, label_view, resolved.mode)
+        if fused:
             loss = _cast(F, self._fused(F, pred, label, 'none', None), resolved.dtype, compute)
-            if self._normalization in ('valid', 'positive'):  # these count labels
-                target, valid = dense_targets(F, label, resolved, compute,
-                                              self._class_index(F, pred, compute, False),
-                                              self._ignore_label, self._background_label)
         else:
-            class_index = self._class_index(F, pred, compute, self._alpha_values is not None)
-            target, valid = dense_targets(F, label, resolved, compute, class_index,
-                                          self._ignore_label, self._background_label)
-            pred = _cast(F, pred, resolved.dtype, compute)
-            if self._ignore_label is not None:
-                # ignored positions contribute 0 even where their logit is inf or nan
-                pred = F.where(F.broadcast_like(valid, pred), pred, F.zeros_like(pred))
-            loss = self._composite_elementwise(F, pred, target, valid, class_index, compute)
+            loss = self._composite_elementwise(F, _cast(F, pred_view, resolved.dtype, compute),
+                                               target, valid, positions, compute)
+            loss = F.reshape_like(loss, pred) if reshaped else loss
         if sample_weight is not None:
             loss = F.broadcast_mul(loss, _cast(F, sample_weight, resolved.dtype, compute))
         if self._weight is not None:
             loss = loss * self._weight
-        loss = reduce_loss(F, loss, target, valid, self._normalization, self._batch_axis)
-        return _cast(F, loss, compute, resolved.dtype)
+        valid_count = num_positive = None
+        if self._normalization == 'valid' and valid is not None:
+            valid_count = F.broadcast_like(valid, pred_view)
+            valid_count = F.reshape_like(valid_count, pred) if reshaped else valid_count
+        if self._normalization == 'positive':
+            num_positive = F.sum(target if valid is None else F.broadcast_mul(target, valid))
+        batch_axis = self._batch_axis if symbolic else self._batch_axis % resolved.ndim
+        loss = reduce_loss(F, loss, self._normalization, batch_axis, valid_count, num_positive)
+        if check is not None:
+            loss = F.broadcast_add(loss, check)
+        return loss if symbolic else _cast(F, loss, compute, resolved.dtype)
 
-    def _class_index(self, F, pred, dtype, per_class_alpha):
-        """Element positions along the class axis, where sparse labels or a
-        per-class alpha lookup need them (else None)."""
-        if self._resolved.mode == 'sparse' or per_class_alpha:
-            return class_index_like(F, pred, self._resolved.axis, dtype)
-        return None
+    def _views(self, F, pred, label, resolved):
+        """(pred, label, axis) with a negative class axis and the label given a class
+        axis (of size 1 for sparse labels and squeezed masks). Symbols have no rank:
+        a non-negative class axis is made the second-to-last one by a reshape."""
+        axis = resolved.axis
+        if resolved.ndim is not None:
+            axis -= resolved.ndim
+        elif axis >= 0:
+            pred = F.reshape(pred, (0,) * (axis + 1) + (-1,))
+            if resolved.mode == 'sparse':
+                label = F.reshape(label, (0,) * axis + (1, -1))
+            axis = -2
+        if resolved.mode == 'sparse':
+            if resolved.ndim is not None or resolved.axis < 0:
+                label = F.expand_dims(label, axis=axis)
+        elif resolved.expand_label:
+            label = F.reshape_like(label, pred)
+        return pred, label, axis
 
-    def _kernel_takes(self, resolved, ndim):
-        """The kernel reduces per sample only with the batch axis before the
-        class axis (unless the class axis does not matter)."""
-        batch_axis = self._batch_axis % ndim
-        class_axis_matters = resolved.mode == 'sparse' or self._alpha_values is not None
-        if self._normalization == 'none' or batch_axis < resolved.axis or \
-                not class_axis_matters:
-            return True
-        if self._impl_requested == 'fused':
-            raise ValueError("impl='fused' needs batch_axis (%d) before the class axis (%d) "
-                             "for sparse labels or per-class alpha; use impl='composite'."
-                             % (self._batch_axis, self._axis))
-        return False
+    def _targets(self, F, positions, label, mode):
+        """(target, valid): 0/1 or soft targets broadcastable to ``pred`` and a 0/1
+        validity mask (None without ignore_label)."""
+        valid = None if self._ignore_label is None else label != self._ignore_label
+        if mode == 'sparse':
+            if self._background_label is not None and self._background_label >= 0:
+                # background positions match no class: every target is 0
+                label = F.where(label == self._background_label, F.ones_like(label) * -1, label)
+            return F.broadcast_equal(positions, label), valid
+        if valid is None:
+            return label, None
+        return label * valid, valid
 
-    def _composite_elementwise(self, F, pred, target, valid, class_index, dtype):
-        loss = sigmoid_focal_terms(F, pred, target, self._gamma, self._from_sigmoid,
-                                   clip_eps(self._eps, dtype))
+    def _composite_elementwise(self, F, pred, target, valid, positions, dtype):
+        if valid is not None:
+            # ignored positions contribute 0 even where their logit is inf or nan
+            pred = F.where(F.broadcast_like(valid, pred), pred, F.zeros_like(pred))
+        zero_one = self._resolved.mode != 'dense'   # targets are exactly 0 or 1
+        hard = zero_one and not self._from_sigmoid
+        per_class = None
         if self._alpha_values is not None:
-            loss = loss * alpha_weights(F, target, self._alpha_values, class_index, dtype)
-        elif self._alpha is not None:
-            loss = loss * alpha_weights(F, target, self._alpha)
-        return F.broadcast_mul(loss, valid)
+            if hard:
+                negative = [_log_or_floor(1 - a) for a in self._alpha_values]
+                slope = [_log_or_floor(a) - n for a, n in zip(self._alpha_values, negative)]
+            else:
+                negative = [1 - a for a in self._alpha_values]
+                slope = [2 * a - 1 for a in self._alpha_values]
+            per_class = tuple(F.reshape_like(constant_vector(F, values, dtype), positions)
+                              for values in (negative, slope))
+        if hard:
+            log_alpha_t = None if self._alpha is None and per_class is None else \
+                log_alpha_weights(F, target, self._alpha, per_class)
+            loss = focal_terms_hard(F, pred, target, self._gamma, log_alpha_t)
+        else:
+            loss = focal_terms_soft(F, pred, target, self._gamma, self._from_sigmoid,
+                                    clip_eps(self._eps, dtype))
+            if self._alpha is not None or per_class is not None:
+                loss = loss * alpha_weights(F, target, self._alpha, per_class)
+        return loss if valid is None else F.broadcast_mul(loss, valid)
 
     def _fused(self, F, pred, label, normalization, weight):
         alpha = self._alpha if self._alpha_values is None else self._alpha_values
         return kernel.fused_focal_loss(
-            F, pred, label, grad_add=self._grad_add,
-            mode='sparse' if self._resolved.mode == 'sparse' else 'dense',
+            F, pred, label, grad_add=self._grad_add, mode=self._resolved.mode,
             axis=self._resolved.axis, batch_axis=self._batch_axis, gamma=self._gamma,
             alpha=alpha, from_sigmoid=self._from_sigmoid, eps=self._eps,
             ignore_label=self._ignore_label,
             background_label=self._background_label if self._resolved.mode == 'sparse' else None,
-            normalization=normalization, scale=1.0 if weight is None else weight)
-
-    def _resolve_symbolic(self, pred):
-        """Symbols carry no shapes: the mode must be explicit, binary masks
-        must have pred's shape, and float32 is assumed."""
-        if self._label_mode == 'auto':
-            raise ValueError("label_mode='auto' needs the input shapes; on Symbol inputs pass "
-                             "label_mode='sparse', 'dense' or 'binary' explicitly.")
-        return ResolvedLabels(self._label_mode, self._axis, False, 'float32')
+            normalization=normalization, scale=1.0 if weight is None else weight,
+            validate=self._validate)
 
     def _check_alpha_length(self, num_classes_seen, resolved):
         if self._alpha_values is None:
@@ -346,14 +500,6 @@ class FocalLoss(Loss):
         if shape != pred.shape:
             raise ValueError('sample_weight shape %s would enlarge pred shape %s; expected a '
                              'shape that broadcasts to pred.' % (sample_weight.shape, pred.shape))
-
-    def _check_values(self, pred, label, resolved):
-        num_class = pred.shape[resolved.axis]
-        check_label_values(label.asnumpy(), resolved, num_class, self._ignore_label,
-                           self._background_label if resolved.mode == 'sparse' else None)
-        if self._from_sigmoid:
-            check_probabilities(pred.asnumpy(), resolved.axis,
-                                softmax_check=resolved.mode != 'binary')
 
 
 def _check_arrays(pred, label, sample_weight):
@@ -442,14 +588,3 @@ def _check_label_value(name, value):
         raise ValueError('%s=%r must be a finite number or None (and not subnormal).'
                          % (name, value))
     return float(value)
-
-
-def _choose_impl(impl):
-    _check_choice('impl', impl, IMPLEMENTATIONS)
-    if impl == 'auto':
-        return 'fused' if kernel.available() else 'composite'
-    if impl == 'fused' and not kernel.available():
-        raise RuntimeError("impl='fused' but the fused focal-loss kernel is not loaded: %s"
-                           % kernel.unavailable_reason())
-    return impl
-

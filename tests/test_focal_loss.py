@@ -404,7 +404,7 @@ def test_batch_axis_after_the_class_axis_falls_back_to_the_composite_graph():
     composite = run_loss(gluon_focal.FocalLoss(impl='composite', **kwargs), pred, label)
     assert_close(auto[0], composite[0])
     assert_close(auto[1], composite[1])
-    with pytest.raises(ValueError, match=r"impl='fused' needs batch_axis \(1\) before"):
+    with pytest.raises(ValueError, match=r"impl='fused' cannot run this layout: batch_axis \(1\) must come before"):
         _call(gluon_focal.FocalLoss(impl='fused', **kwargs), pred, label)
 
 

@@ -314,24 +314,24 @@ CATALOGUE = [
          value_error(r'expected binary mask values 0 or 1 \(divide 0/255 masks by 255\)')),
     case('binary-mask=nan', dict(label_mode='binary'), P23[:, :1], [0, nan],
          value_error(r'e.g. \[nan\]')),
-    # hybridized graphs skip the host-side label check (README): the fused kernel
-    # bounds-checks every label it reads, the composite graph does not check
+    # hybridized graphs check values too: the composite path on the host (ValueError), the
+    # fused kernel itself (MXNetError at the next sync)
     case('hybridized-sparse-label=7', dict(SPARSE), P23, [0, 7], {
-        'fused': Raises(('MXNetError',), r'sparse label value 7 .*not a valid class index'),
-        'composite': Values('unchecked in composite graphs (README): computes finite values',
-                            _finite)}, hybridize=True),
+        'fused': Raises(('MXNetError',),
+                        r'gluon_focal_loss: .*label value 7 at (label )?position \(1,\)'),
+        'composite': value_error(r'label value 7 at position \(1,\)')}, hybridize=True),
     case('hybridized-sparse-label=-5', dict(SPARSE), P23, [0, -5], {
-        'fused': Raises(('MXNetError',), r'sparse label value -5 .*not a valid class index'),
-        'composite': Values('unchecked in composite graphs (README)', _finite)},
-        hybridize=True),
+        'fused': Raises(('MXNetError',),
+                        r'gluon_focal_loss: .*label value -5 at (label )?position \(1,\)'),
+        'composite': value_error(r'label value -5 at position \(1,\)')}, hybridize=True),
     case('hybridized-sparse-label=nan', dict(SPARSE), P23, [0, nan], {
-        'fused': Raises(('MXNetError',), r'sparse label value nan .*not a valid class index'),
-        'composite': Values('unchecked in composite graphs (README)', _finite)},
-        hybridize=True),
+        'fused': Raises(('MXNetError',),
+                        r'gluon_focal_loss: .*label value nan at (label )?position \(1,\)'),
+        'composite': value_error(r'label value nan at position \(1,\)')}, hybridize=True),
     case('hybridized-sparse-label=3e9', dict(SPARSE), P23, [0, 3e9], {
-        'fused': Raises(('MXNetError',), r'sparse label value 3000000000 .*not a valid class index'),
-        'composite': Values('unchecked in composite graphs (README)', _finite)},
-        hybridize=True),
+        'fused': Raises(('MXNetError',),
+                        r'gluon_focal_loss: .*label value 3000000000 at (label )?position \(1,\)'),
+        'composite': value_error(r'label value 3000000000 at position \(1,\)')}, hybridize=True),
     case('numpy-label', dict(SPARSE), P23, [0, 1], NDARRAY_NEEDED, label_dtype='numpy'),
 
     # --- dtypes -----------------------------------------------------------------------------

@@ -321,13 +321,15 @@ def test_metric_binary_hand_computed():
 def test_metric_threshold_probabilities_and_0_255():
     prob = np.array([[[[0.9, 0.35], [0.25, 0.05]]]])
     label = np.array([[[255, 255], [0, 0]]])
-    m = SigmoidSegmentationMetric(threshold=0.3, from_logits=False, binary_values=(0, 255))
+    m = SigmoidSegmentationMetric(threshold=0.3, from_sigmoid=True, binary_values=(0, 255))
     m.update(nd(label), nd(prob))
     assert m.get()[1][1] == pytest.approx(1.0)
-    m = SigmoidSegmentationMetric(threshold=0.5, from_logits=False, binary_values=(0, 255))
+    m = SigmoidSegmentationMetric(threshold=0.5, from_sigmoid=True, binary_values=(0, 255))
     m.update(nd(label), nd(prob))
     assert m.get()[1][1] == pytest.approx(0.5)
-    with pytest.raises(ValueError, match='binary labels'):
+    # the metric checks labels with the loss's validator: value, position and the mapping
+    with pytest.raises(ValueError, match=r'label value 255 at position \(0, 0, 0\).*'
+                                         r'binary_values=\(0, 1\)'):
         SigmoidSegmentationMetric().update(nd(label), nd(prob))
 
 
@@ -358,7 +360,7 @@ def test_metric_best_threshold_hand_computed():
     # probabilities and labels of 6 pixels, the last one ignored
     prob = np.array([[[[0.9, 0.6, 0.3, 0.2, 0.1, 0.95]]]])
     label = np.array([[[1, 1, 0, 1, 0, -1]]])
-    m = SigmoidSegmentationMetric(from_logits=False, sweep=(0.75, 0.5, 0.25, 0.15))
+    m = SigmoidSegmentationMetric(from_sigmoid=True, sweep=(0.75, 0.5, 0.25, 0.15))
     m.update(nd(label), nd(prob))
     # p > t:  0.15 -> tp 3 fp 1 fn 0;  0.25 -> tp 2 fp 1 fn 1;  0.5 -> tp 2 fn 1;  0.75 -> tp 1 fn 2
     by_t = m.get_by_threshold()
@@ -376,7 +378,7 @@ def test_metric_best_threshold_hand_computed():
     assert m2.get_by_threshold() == pytest.approx(by_t)
     m.reset()
     assert np.isnan(m.get_best_threshold()[1])
-    off = SigmoidSegmentationMetric(from_logits=False, sweep=())
+    off = SigmoidSegmentationMetric(from_sigmoid=True, sweep=())
     off.update(nd(label), nd(prob))
     assert off.get_by_threshold() == {} and np.isnan(off.get_best_threshold()[0])
     with pytest.raises(ValueError, match='threshold'):

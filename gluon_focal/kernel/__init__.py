@@ -48,11 +48,7 @@ Operator contract (all attributes are strings; :func:`op_attrs` builds them):
                    from_sigmoid=1 probabilities of counted elements outside
                    [0, 1].  ``0``: no checks (such values give unspecified
                    but finite results).
-=================  ===========================================================
-
-Layouts: :func:`layout_problem` says whether the kernel takes an axis
-layout (the library decides; the loss asks it).
-
+=================  ====================================================
 Threads: default = MXNet's own operator thread count (see
 :func:`default_num_threads`); override with ``GLUON_FOCAL_NUM_THREADS`` or
 :func:`set_num_threads`.  Results are bit-identical for any thread count.
@@ -73,7 +69,7 @@ import threading
 __all__ = ['load', 'available', 'unavailable_reason', 'library_path', 'op_attrs',
            'fused_focal_loss', 'set_num_threads', 'get_num_threads',
            'default_num_threads', 'simd_level', 'cpu_simd_level', 'layout_problem',
-           'needs_grad_add', 'OP_NAME', 'GRAPH_NODE_NAME']
+           'needs_grad_add', 'choose_backend', 'runs_on', 'OP_NAME', 'GRAPH_NODE_NAME']
 
 OP_NAME = 'gluon_focal_loss'
 LIB_NAME = 'libgluon_focal_op.so'
@@ -221,7 +217,8 @@ def op_attrs(mode=None, axis=-1, batch_axis=0, gamma=2.0, alpha=0.25,
         raise ValueError('mode=%r and label_mode=%r disagree' % (mode, label_mode))
     label_mode = mode or label_mode or 'dense'
     if label_mode not in ('dense', 'sparse', 'binary'):
-        raise ValueError("label_mode must be 'dense', 'sparse' or 'binary', got %r" % (label_mode,))
+        raise ValueError("label_mode must be 'dense', 'sparse' or 'binary', got %r"
+                         % (label_mode,))
     if normalization not in _NORMALIZATIONS:
         raise ValueError('normalization must be one of %s, got %r'
                          % (_NORMALIZATIONS, normalization))
@@ -248,6 +245,57 @@ def op_attrs(mode=None, axis=-1, batch_axis=0, gamma=2.0, alpha=0.25,
         'scale': _fmt_num(scale),
         'validate': '1' if validate else '0',
     }
+
+
+def runs_on(context):
+    """True when the fused operator can run on arrays of ``context`` (CPU memory)."""
+    return context.device_type in ('cpu', 'cpu_pinned', 'cpu_shared')
+
+
+def choose_backend(impl, kernel_available, context, layout_supported=True, num_gpus=None):
+    """'fused' or 'composite': the one dispatch rule, a pure function of its arguments.
+
+    Parameters
+    ----------
+    impl : {'auto', 'fused', 'composite'}
+        What the user asked for.
+    kernel_available : bool
+        Whether the operator library is loaded (:func:`available`).
+    context : mx.Context or None
+        ``pred.context``; None for Symbols, whose context is only known when
+        the graph runs.
+    layout_supported : bool
+        Whether the kernel can reduce this layout (see ``FocalLoss``).
+    num_gpus : int or None
+        GPUs visible to MXNet (``mx.context.num_gpus()`` when None); only used
+        for Symbols.
+
+    ``'auto'`` picks the kernel for CPU contexts only; for Symbols it picks it
+    only when no GPU is visible (then the graph can only run on CPU), else the
+    composite graph, which runs anywhere. ``impl='fused'`` with a non-CPU
+    context raises ValueError (the operator is registered for CPU only).
+    """
+    if impl == 'composite':
+        return 'composite'
+    if impl == 'fused':
+        if not kernel_available:
+            raise RuntimeError("impl='fused' but the fused focal-loss kernel is not loaded: %s"
+                               % unavailable_reason())
+        if context is not None and not runs_on(context):
+            raise ValueError("impl='fused' runs on CPU only, but pred is on %s; use "
+                             "impl='auto' (picks the composite graph there) or "
+                             "impl='composite'." % (context,))
+        return 'fused'
+    if impl != 'auto':
+        raise ValueError("impl=%r is not one of 'auto', 'fused', 'composite'." % (impl,))
+    if not kernel_available or not layout_supported:
+        return 'composite'
+    if context is None:
+        if num_gpus is None:
+            import mxnet as mx
+            num_gpus = mx.context.num_gpus()
+        return 'fused' if num_gpus == 0 else 'composite'
+    return 'fused' if runs_on(context) else 'composite'
 
 
 def needs_grad_add(pred):

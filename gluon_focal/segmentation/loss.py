@@ -28,8 +28,8 @@ import numbers
 import mxnet as mx
 from mxnet.gluon.loss import Loss
 
-from ..labels import ResolvedLabels, check_label_values, resolve_label_mode
 from ..loss import FocalLoss
+from ..validation import SEGMENTATION_IGNORE_LABEL, ValueRules, check_values, resolve_label_mode
 from .dice import DiceLoss
 
 __all__ = ['SegmentationFocalLoss', 'MixSigmoidFocalLoss', 'SegmentationBCELoss']
@@ -62,9 +62,12 @@ class SegmentationFocalLoss(Loss):
         is guessed: with ``validate=True`` any other value (other than
         ``ignore_label``) raises ``ValueError``.
     validate : bool, default True
-        Check the label values on every call (one host sync per call).  With
-        ``validate=False`` binary/multilabel masks may be *soft*: a value v
-        maps to the target ``(v - bg) / (fg - bg)``, which must be in [0, 1].
+        Check the label values (and probabilities with ``from_sigmoid=True``)
+        on every call, hybridized or not, with :mod:`gluon_focal.validation`
+        (one small reduction and one host sync per call; the inner FocalLoss
+        then does not check again).  With ``validate=False`` binary/multilabel
+        masks may be *soft*: a value v maps to the target
+        ``(v - bg) / (fg - bg)``, which must be in [0, 1].
     alpha, gamma, from_sigmoid, weight, impl :
         As in :class:`gluon_focal.FocalLoss` (``alpha=None, gamma=0`` is
         plain binary cross-entropy, see :class:`SegmentationBCELoss`).
@@ -86,14 +89,15 @@ class SegmentationFocalLoss(Loss):
         :class:`DiceLoss`'s ``batch``, ``smooth_nr``, ``smooth_dr`` (per-sample
         Dice with +1 smoothing by default).  ``weight`` scales both terms.
 
-    Inputs: ``loss(pred1, [pred2, ...], label, sample_weight=None)``; with
+    Inputs: ``loss(pred1, [pred2, ...], label, sample_weight=None)`` (``sample_weight``
+    is keyword-only, broadcastable to each pred); with
     ``aux=True`` every pred must have the same shape.  Output: shape (N,),
     ``loss(pred1) + sum_k aux_weight_k * loss(pred_{k+1})`` where each
     ``loss(pred) = focal(pred) + dice_weight * dice(pred)``.
     """
 
-    def __init__(self, aux=True, aux_weight=0.2, ignore_label=-1, mode='auto',
-                 binary_values=(0, 1), validate=True, alpha=0.25, gamma=2.0,
+    def __init__(self, aux=True, aux_weight=0.2, ignore_label=SEGMENTATION_IGNORE_LABEL,
+                 mode='auto', binary_values=(0, 1), validate=True, alpha=0.25, gamma=2.0,
                  from_sigmoid=False, normalization='valid', weight=None, batch_axis=0,
                  impl='auto', dice_weight=0.0, dice_batch=False, dice_smooth_nr=1.0,
                  dice_smooth_dr=1.0, **kwargs):
@@ -117,18 +121,19 @@ class SegmentationFocalLoss(Loss):
                              % (ignore_label, binary_values))
         self._binary_values = (float(bg), float(fg))
         self._validate = bool(validate)
+        self._from_sigmoid = bool(from_sigmoid)
         with self.name_scope():
+            # values are checked once per call in forward (they are mapped from
+            # binary_values first), so the child does not check them again
             self.focal = FocalLoss(axis=1, label_mode='auto', alpha=alpha, gamma=gamma,
                                    from_sigmoid=from_sigmoid, ignore_label=ignore_label,
                                    normalization=normalization, weight=weight,
-                                   batch_axis=batch_axis, impl=impl)
+                                   batch_axis=batch_axis, impl=impl, validate=False)
             self.dice_weight = self._check_dice_weight(dice_weight)
             self.dice = DiceLoss(from_sigmoid=from_sigmoid, batch=dice_batch,
                                  smooth_nr=dice_smooth_nr, smooth_dr=dice_smooth_dr,
                                  ignore_label=ignore_label, weight=weight) \
                 if self.dice_weight else None
-        # label values are checked here (``validate``), not again by the child per call
-        self.focal.hybridize()
 
     # -- helpers -----------------------------------------------------------------
     @staticmethod
@@ -162,18 +167,22 @@ class SegmentationFocalLoss(Loss):
             return 'multiclass'
         return 'binary' if pred_shape[1] == 1 else 'multilabel'
 
-    def _check_values(self, label, mode, num_class):
-        """Masks must hold ``binary_values``; class maps must hold class indices."""
-        layout = ResolvedLabels('sparse' if mode == 'multiclass' else 'binary', 1, False,
-                                'float32')
+    def _check_values(self, preds, target, mode):
+        """Masks must hold ``binary_values``; class maps must hold class indices; with
+        from_sigmoid every output must hold sigmoid probabilities."""
+        rules = ValueRules('sparse' if mode == 'multiclass' else 'binary', 1,
+                           preds[0].shape[1], self._ignore_label, None, False)
         try:
-            check_label_values(label.asnumpy(), layout, num_class, self._ignore_label)
+            check_values(preds[0], target, rules)
         except ValueError as err:
             if mode == 'multiclass':
                 raise
             raise ValueError('%s (after mapping binary_values=%r to 0/1; set '
                              'binary_values=(0, 255) for 0/255 masks)'
                              % (err, self._binary_values)) from None
+        if self._from_sigmoid:
+            for pred in preds:
+                check_values(pred, target, rules._replace(from_sigmoid=True))
 
     def _targets(self, label, pred_shape, mode):
         """Label in the layout FocalLoss(axis=1, label_mode='auto') reads:
@@ -212,6 +221,16 @@ class SegmentationFocalLoss(Loss):
         return loss
 
     # -- forward -------------------------------------------------------------------
+    def __call__(self, *inputs, sample_weight=None):
+        """Block.__call__ of MXNet 1.9 passes positional arguments only: this one also
+        takes ``sample_weight=`` (hooks run as in Block.__call__)."""
+        for hook in self._forward_pre_hooks.values():
+            hook(self, inputs)
+        out = self.forward(*inputs, sample_weight=sample_weight)
+        for hook in self._forward_hooks.values():
+            hook(self, inputs, out)
+        return out
+
     def forward(self, *inputs, sample_weight=None):
         if len(inputs) < 2:
             raise ValueError('expected loss(pred, [aux_pred, ...], label), got %d input(s)'
@@ -230,7 +249,7 @@ class SegmentationFocalLoss(Loss):
                                  'shape %s' % (p.shape, preds[0].shape))
         target = self._targets(label, preds[0].shape, mode)
         if self._validate:
-            self._check_values(target, mode, preds[0].shape[1])
+            self._check_values(preds, target, mode)
         dice_target = None
         if self.dice is not None:
             if sample_weight is not None:

@@ -12,6 +12,8 @@ import threading
 import numpy as np
 
 import mxnet as mx
+
+from ..validation import SEGMENTATION_IGNORE_LABEL, ValueRules, check_label_values
 try:
     from mxnet.metric import EvalMetric
 except ImportError:  # pragma: no cover - MXNet 2
@@ -34,12 +36,12 @@ def _to_numpy(x):
     return x.asnumpy() if isinstance(x, mx.nd.NDArray) else np.asarray(x)
 
 
-def confusion_counts(label, pred, threshold=0.5, from_logits=True, ignore_label=-1,
-                     binary_values=(0, 1)):
+def confusion_counts(label, pred, threshold=0.5, from_sigmoid=False,
+                     ignore_label=SEGMENTATION_IGNORE_LABEL, binary_values=(0, 1)):
     """Per-class ``(tp, fp, fn, tn)`` int64 arrays of length C for one batch.
 
     ``pred``: ``N x C x H x W`` (``C = 1`` for binary; also ``N x H x W``),
-    logits if ``from_logits`` else probabilities; a pixel is predicted
+    logits, or probabilities with ``from_sigmoid=True``; a pixel is predicted
     positive for class c when ``p > threshold`` (the same tie rule as an argmax
     over ``[1 - p, p]``).  ``label``, one of:
 
@@ -50,7 +52,8 @@ def confusion_counts(label, pred, threshold=0.5, from_logits=True, ignore_label=
     * ``N x C x H x W`` multi-label targets in ``binary_values`` when ``C > 1``.
 
     Pixels (or, for multi-label, elements) equal to ``ignore_label`` are not
-    counted.  Any other value raises ``ValueError``: nothing is guessed.
+    counted.  Any other value raises ``ValueError`` (from
+    :mod:`gluon_focal.validation`, like the loss): nothing is guessed.
     """
     pred = _to_numpy(pred)
     label = _to_numpy(label)
@@ -62,10 +65,7 @@ def confusion_counts(label, pred, threshold=0.5, from_logits=True, ignore_label=
     elif pred.ndim != label.ndim + 1:
         raise ValueError('shape mismatch: pred %s, label %s' % (pred.shape, label.shape))
     num_class = pred.shape[1]
-    if from_logits:
-        positive = pred > _logit(threshold)
-    else:
-        positive = pred > threshold
+    positive = pred > (threshold if from_sigmoid else _logit(threshold))
     bg, fg = binary_values
     if label.ndim == pred.ndim:                 # dense: binary or multi-label
         if label.shape != pred.shape:
@@ -73,30 +73,18 @@ def confusion_counts(label, pred, threshold=0.5, from_logits=True, ignore_label=
         valid = label != ignore_label if ignore_label is not None \
             else np.ones(label.shape, bool)
         target = label == fg
-        bad = valid & ~target & (label != bg)
-        if bad.any():
-            raise ValueError('labels must be %r (background), %r (foreground) or the '
-                             'ignore label %r; found %r' % (bg, fg, ignore_label,
-                                                            np.unique(label[bad])[:5]))
+        _check_mask(label, bg, fg, ignore_label)
     else:
         if label.shape != pred.shape[:1] + pred.shape[2:]:
             raise ValueError('shape mismatch: pred %s, label %s' % (pred.shape, label.shape))
         valid_pos = label != ignore_label if ignore_label is not None \
             else np.ones(label.shape, bool)
         if num_class == 1:
-            target_pos = label == fg
-            bad = valid_pos & ~target_pos & (label != bg)
-            if bad.any():
-                raise ValueError('binary labels must be %r, %r or the ignore label %r; '
-                                 'found %r' % (bg, fg, ignore_label,
-                                               np.unique(label[bad])[:5]))
-            target = target_pos[:, None]
+            _check_mask(label, bg, fg, ignore_label)
+            target = (label == fg)[:, None]
         else:
-            bad = valid_pos & ((label < 0) | (label >= num_class) | (label != np.round(label)))
-            if bad.any():
-                raise ValueError('class labels must be integers in [0, %d) or the ignore '
-                                 'label %r; found %r' % (num_class, ignore_label,
-                                                         np.unique(label[bad])[:5]))
+            check_label_values(label, ValueRules('sparse', 0, num_class, ignore_label, None,
+                                                 False))
             classes = np.arange(num_class).reshape((1, num_class) + (1,) * (label.ndim - 1))
             target = label[:, None] == classes
         valid = np.broadcast_to(valid_pos[:, None], pred.shape)
@@ -105,6 +93,17 @@ def confusion_counts(label, pred, threshold=0.5, from_logits=True, ignore_label=
     count = lambda m: np.sum(m & valid, axis=axes, dtype=np.int64)  # noqa: E731
     return (count(positive & target), count(positive & ~target),
             count(~positive & target), count(~positive & ~target))
+
+
+def _check_mask(label, bg, fg, ignore_label):
+    """Mask values must be ``bg``, ``fg`` or ``ignore_label`` (checked as 0/1 masks)."""
+    mapped = np.where(label == ignore_label, label, (label - bg) / float(fg - bg)) \
+        if ignore_label is not None else (label - bg) / float(fg - bg)
+    try:
+        check_label_values(mapped, ValueRules('binary', 0, None, ignore_label, None, False))
+    except ValueError as err:
+        raise ValueError('%s (after mapping binary_values=%r to 0/1)' % (err, (bg, fg))) \
+            from None
 
 
 class SigmoidSegmentationMetric(EvalMetric):
@@ -117,8 +116,8 @@ class SigmoidSegmentationMetric(EvalMetric):
     Parameters
     ----------
     threshold : a pixel is foreground for a class when ``sigmoid(x) > threshold``.
-    from_logits : ``preds`` are logits (the raw network output, default) or,
-        if False, probabilities.
+    from_sigmoid : ``preds`` are probabilities (True) or logits (False, the
+        default: the raw network output), as in ``FocalLoss``.
     ignore_label : label value excluded from every count (default -1, what
         GluonCV datasets use; 255 for raw VOC PNG values).
     binary_values : ``(background, foreground)`` values of binary / multi-label
@@ -141,7 +140,7 @@ class SigmoidSegmentationMetric(EvalMetric):
     counting pass per update; ``sweep=()`` turns it off.
     """
 
-    def __init__(self, threshold=0.5, from_logits=True, ignore_label=-1,
+    def __init__(self, threshold=0.5, from_sigmoid=False, ignore_label=SEGMENTATION_IGNORE_LABEL,
                  binary_values=(0, 1), class_names=None, name='sigmoid_seg',
                  sweep=DEFAULT_SWEEP):
         self.threshold = threshold
@@ -149,7 +148,7 @@ class SigmoidSegmentationMetric(EvalMetric):
         self.sweep = tuple(float(t) for t in sweep)
         for t in self.sweep:
             _logit(t)
-        self.from_logits = from_logits
+        self.from_sigmoid = bool(from_sigmoid)
         self.ignore_label = ignore_label
         self.binary_values = tuple(binary_values)
         self.class_names = class_names
@@ -169,7 +168,7 @@ class SigmoidSegmentationMetric(EvalMetric):
         if len(labels) != len(preds):
             raise ValueError('%d labels for %d preds' % (len(labels), len(preds)))
         for label, pred in zip(labels, preds):
-            counts = confusion_counts(label, pred, self.threshold, self.from_logits,
+            counts = confusion_counts(label, pred, self.threshold, self.from_sigmoid,
                                       self.ignore_label, self.binary_values)
             with self.lock:
                 if self.tp is None:
@@ -184,7 +183,7 @@ class SigmoidSegmentationMetric(EvalMetric):
 
     def _update_sweep(self, label, pred):
         for t in self.sweep:
-            tp, fp, fn, _ = confusion_counts(label, pred, t, self.from_logits,
+            tp, fp, fn, _ = confusion_counts(label, pred, t, self.from_sigmoid,
                                              self.ignore_label, self.binary_values)
             with self.lock:
                 acc = self.swept.get(t)
@@ -232,11 +231,11 @@ class SigmoidSegmentationMetric(EvalMetric):
         return names, [pix_acc, mean(per['IoU']), mean(per['F1'])]
 
 
-def sigmoid_to_two_class(pred, threshold=0.5, from_logits=True):
+def sigmoid_to_two_class(pred, threshold=0.5, from_sigmoid=False):
     """Make a one-channel sigmoid output scoreable by GluonCV's ``SegmentationMetric``.
 
     ``pred``: ``N x 1 x H x W`` (or ``N x H x W``) logits (or probabilities
-    with ``from_logits=False``).  Returns an ``N x 2 x H x W`` NDArray
+    with ``from_sigmoid=True``).  Returns an ``N x 2 x H x W`` NDArray
     ``[1 - m, m]`` with ``m = (sigmoid(pred) > threshold)``, so that the argmax
     over axis 1 is the thresholded foreground.  Use it with
     ``SegmentationMetric(nclass=2)`` and labels 0/1 (ignore -1)::
@@ -257,6 +256,6 @@ def sigmoid_to_two_class(pred, threshold=0.5, from_logits=True):
         pred = pred.expand_dims(1)
     if pred.shape[1] != 1:
         raise ValueError('expected one channel, got shape %s' % (pred.shape,))
-    cut = _logit(threshold) if from_logits else float(threshold)
+    cut = float(threshold) if from_sigmoid else _logit(threshold)
     fg = (pred > cut).astype('float32')
     return mx.nd.concat(1 - fg, fg, dim=1)

@@ -113,7 +113,7 @@ def log_alpha_weights(F, target, alpha, per_class=None):
     (log(1 - alpha_c), log(alpha_c) - log(1 - alpha_c)) broadcastable along the class
     axis."""
     if per_class is None:
-        negative, slope = _log_or_floor(1 - alpha), None
+        negative = _log_or_floor(1 - alpha)
         slope = _log_or_floor(alpha) - negative
         return target * slope + negative
     negative, slope = per_class
@@ -298,7 +298,11 @@ class FocalLoss(Loss):
             backend = self._choose_backend(resolved, pred.context, pred.ndim)
             # the kernel checks every value it reads; a hybridized graph leaves it to it
             if self._validate and not (backend == 'fused' and self._active):
-                check_values(pred, label, self._value_rules(resolved, pred.shape))
+                hard_targets = check_values(pred, label, self._value_rules(resolved, pred.shape))
+                if hard_targets and backend == 'composite' and resolved.mode == 'dense':
+                    # checked one-hot/multi-label targets: the binary graph is the same
+                    # math with fewer tensors kept for backward (soft targets switch back)
+                    resolved = resolved._replace(mode='binary')
             # the kernel cannot see grad_req='add' on an input that owns its gradient
             grad_add = backend == 'fused' and kernel.needs_grad_add(pred)
             check_in_graph = False

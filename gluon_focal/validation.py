@@ -306,12 +306,17 @@ def check_values(pred, label, rules):
     """Check NDArray ``label`` (and ``pred`` with from_sigmoid) on their device.
 
     One small reduction and one host sync when everything is fine; the numpy
-    message is built only for refused inputs. Raises ValueError.
+    message is built only for refused inputs. Raises ValueError. Returns whether
+    every target is exactly 0 or 1 (always true for sparse and binary labels),
+    which lets dense one-hot targets take the cheaper hard-target graph.
     """
     nd = mx.nd
     if np.dtype(label.dtype).kind != 'f':   # integer labels: compare as float64
         label = label.astype('float64')
     counts = [nd.sum(bad_label_mask(nd, label, rules)).astype('float64')]
+    if rules.mode == 'dense':
+        counts.append(nd.sum(bad_label_mask(nd, label, rules._replace(mode='binary')))
+                      .astype('float64'))
     if rules.from_sigmoid:
         counts.append(nd.sum(bad_probability_mask(nd, pred)).astype('float64'))
         if rules.mode != 'binary':
@@ -319,10 +324,14 @@ def check_values(pred, label, rules):
     summary = nd.concat(*[c.reshape((1,)) for c in counts], dim=0).asnumpy()   # the host sync
     if summary[0]:
         raise label_error(label.asnumpy(), rules)
+    hard_targets = True
+    if rules.mode == 'dense':
+        hard_targets, summary = not summary[1], np.delete(summary, 1)
     if rules.from_sigmoid and summary[1]:
         raise probability_error(pred.asnumpy(), rules)
     if len(summary) > 2 and looks_like_softmax(summary[2], summary[3], pred.shape[rules.axis]):
         raise softmax_error(rules.axis)
+    return hard_targets
 
 
 # -- inside symbolic graphs -----------------------------------------------------------------------

@@ -413,3 +413,22 @@ def test_background_label_with_dense_labels_is_refused_by_name(impl):
     loss_fn = gluon_focal.FocalLoss(background_label=-1, impl=impl)
     with pytest.raises(ValueError, match='background_label applies to sparse labels only'):
         _call(loss_fn, np.zeros((2, 3)), np.zeros((2, 3)))
+
+
+@pytest.mark.parametrize('alpha', [0.25, (0.1, 0.5, 0.9, 0.3)])
+def test_dense_one_hot_and_soft_targets_alternate_in_one_hybridized_composite_loss(alpha):
+    """Checked 0/1 dense targets run the hard-target graph, soft ones the general
+    graph; one hybridized loss switches between them and both match the reference."""
+    rng = np.random.RandomState(7)
+    pred = rng.normal(0, 3, (3, 5, 4))
+    one_hot = (rng.rand(3, 5, 4) < 0.3).astype(np.float64)
+    soft = rng.rand(3, 5, 4)
+    loss_fn = gluon_focal.FocalLoss(label_mode='dense', alpha=alpha, impl='composite')
+    loss_fn.hybridize()
+    for label in (one_hot, soft, one_hot):
+        loss, grad = run_loss(loss_fn, pred, label)
+        assert loss_fn._resolved.mode == ('binary' if label is one_hot else 'dense')
+        expected, expected_grad = reference.focal_loss(pred, label, label_mode='dense',
+                                                       alpha=alpha)
+        assert_close(loss, expected)
+        assert_close(grad, expected_grad)

@@ -51,9 +51,8 @@ from gluon_focal.detection.targets import RetinaNetTrainTransform
 from gluon_focal.distributed import create_kvstore, rank_and_size, shard
 from gluon_focal.training import (CheckpointManager, add_detection_data_args,
                                   add_training_args, contexts_from_args, detection_datasets,
-                                  detection_metric, draw_detections, evaluate_detector,
-                                  plot_curves, resume, train_detector_epoch, warmup_cosine,
-                                  write_results)
+                                  detection_metric, evaluate_detector, finish_detector_run,
+                                  plot_curves, resume, train_detector_epoch, warmup_cosine)
 
 
 # ---------------------------------------------------------------------------
@@ -206,17 +205,8 @@ def main(argv=None):
                         'RetinaNet-%s on %s' % (args.backbone, args.dataset))
 
     if is_chief and history['val_mAP']:
-        if args.num_vis > 0:
-            draw_detections(net, val_set, classes, os.path.join(args.out_dir, 'detections.png'),
-                            ctx, args.data_shape, num=args.num_vis, thresh=args.vis_thresh,
-                            title='RetinaNet detections (score > %.2f)' % args.vis_thresh)
-        write_results(os.path.join(args.out_dir, 'results.json'), history,
-                      final={'val_mAP': history['val_mAP'][-1]},
-                      seconds_this_run=time.time() - start, args=vars(args))
-        print('final validation mAP %.4f after %d epochs (%.0f s this run, %.0f img/s); '
-              'results, curves, detections and checkpoints in %s' % (
-                  history['val_mAP'][-1], len(history['val_mAP']), time.time() - start,
-                  history['images_per_s'][-1] * num_workers, args.out_dir))
+        finish_detector_run(net, val_set, classes, history, args, ctx, start, num_workers,
+                            'RetinaNet')
     return history
 
 

@@ -409,3 +409,20 @@ def draw_detections(detector, dataset, classes, path, ctx, data_shape, num=8, th
     fig.suptitle(title or 'detections (score > %.2f)' % thresh)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def finish_detector_run(detector, val_set, classes, history, args, ctx, start, num_workers,
+                        title):
+    """The chief's end of a detection example: the detections PNG, ``results.json``
+    and the final line (``title`` names the detector in the PNG)."""
+    if args.num_vis > 0:
+        draw_detections(detector, val_set, classes, os.path.join(args.out_dir, 'detections.png'),
+                        ctx, args.data_shape, num=args.num_vis, thresh=args.vis_thresh,
+                        title='%s detections (score > %.2f)' % (title, args.vis_thresh))
+    write_results(os.path.join(args.out_dir, 'results.json'), history,
+                  final={'val_mAP': history['val_mAP'][-1]},
+                  seconds_this_run=time.time() - start, args=vars(args))
+    print('final validation mAP %.4f after %d epochs (%.0f s this run, %.0f img/s); '
+          'results, curves, detections and checkpoints in %s' % (
+              history['val_mAP'][-1], len(history['val_mAP']), time.time() - start,
+              history['images_per_s'][-1] * num_workers, args.out_dir))

@@ -72,22 +72,21 @@ def focal_terms_hard(F, logit, positive, gamma, log_alpha_t=None):
     return ce * F.exp(log_weight)
 
 
-def focal_terms_soft(F, logit, target, gamma):
-    """(1 - p_t)^gamma * CE for targets in [0, 1], from logits.
+def focal_terms_soft(F, logit, target, gamma, dtype):
+    """(1 - p_t)^gamma * CE for targets in [0, 1], from logits of ``dtype``.
 
     With u = min(t, 1 - t), the distance to the nearer hard target, and ``z``
-    the logit of the farther side (-logit where t > 0.5):
-    CE = (1 - u) softplus(z) + u softplus(-z) and 1 - p_t = u + (1 - 2u) sigmoid(z).
-    For 0/1 targets (u = 0) this is :func:`focal_terms_hard`'s CE, and no term
-    cancels another for any target.
+    the logit of the farther side (-logit where t > 0.5): CE = softplus(z) - u z
+    and 1 - p_t = u + (1 - 2u) sigmoid(z). For 0/1 targets (u = 0) this is
+    :func:`focal_terms_hard`'s CE, and no term cancels another for any target.
     """
     distance = F.minimum(target, 1 - target)
     z = F.where(target > 0.5, -logit, logit)
-    positive_part, negative_part, tail = log1p_exp_parts(F, z)
-    # u softplus(-z) is 0 where u = 0, also for z = -inf (an infinite logit on
-    # the side of its target), not 0 * inf
-    near_side = F.where(distance, distance * negative_part, distance)
-    ce = (1 - distance) * positive_part + tail - near_side
+    positive_part, _, tail = log1p_exp_parts(F, z)
+    # u z is 0 where u = 0, also for z = -inf (an infinite logit on the side of
+    # its target); z = +inf is capped in it, so that softplus(z) - u z stays +inf
+    capped = F.minimum(z, float(np.finfo(dtype).max))
+    ce = positive_part + tail - F.where(distance, distance * capped, distance)
     factor = modulating_factor(F, distance + (1 - 2 * distance) * F.sigmoid(z), gamma)
     return ce if factor is None else ce * factor
 
@@ -478,7 +477,7 @@ class FocalLoss(Loss):
         else:
             loss = focal_terms_probabilities(F, pred, target, self._gamma,
                                              clip_eps(self._eps, dtype)) \
-                if self._from_sigmoid else focal_terms_soft(F, pred, target, self._gamma)
+                if self._from_sigmoid else focal_terms_soft(F, pred, target, self._gamma, dtype)
             if self._alpha is not None or per_class is not None:
                 loss = loss * alpha_weights(F, target, self._alpha, per_class)
         return loss if valid is None else F.broadcast_mul(loss, valid)

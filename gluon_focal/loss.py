@@ -72,24 +72,31 @@ def focal_terms_hard(F, logit, positive, gamma, log_alpha_t=None):
     return ce * F.exp(log_weight)
 
 
-def _weighted(F, weight, value):
-    """weight * value, exactly 0 where weight is 0 (also when value is inf)."""
-    return F.where(weight > 0, weight * value, F.zeros_like(value))
+def focal_terms_soft(F, logit, target, gamma, dtype):
+    """(1 - p_t)^gamma * CE for targets in [0, 1], from logits of ``dtype``.
+
+    With u = min(t, 1 - t), the distance to the nearer hard target, and ``z``
+    the logit of the farther side (-logit where t > 0.5): CE = softplus(z) - u z
+    and 1 - p_t = u + (1 - 2u) sigmoid(z). For 0/1 targets (u = 0) this is
+    :func:`focal_terms_hard`'s CE, and no term cancels another for any target.
+    """
+    distance = F.minimum(target, 1 - target)
+    z = F.where(target > 0.5, -logit, logit)
+    positive_part, _, tail = log1p_exp_parts(F, z)
+    # u z is 0 where u = 0, also for z = -inf (an infinite logit on the side of
+    # its target); z = +inf is capped in it, so that softplus(z) - u z stays +inf
+    capped = F.minimum(z, float(np.finfo(dtype).max))
+    ce = positive_part + tail - F.where(distance, distance * capped, distance)
+    factor = modulating_factor(F, distance + (1 - 2 * distance) * F.sigmoid(z), gamma)
+    return ce if factor is None else ce * factor
 
 
-def focal_terms_soft(F, pred, target, gamma, from_sigmoid, eps):
-    """(1 - p_t)^gamma * CE for targets in [0, 1], from logits or probabilities
-    (clipped to [eps, 1 - eps]; see :func:`clip_eps`)."""
-    if from_sigmoid:
-        p = F.clip(pred, eps, 1 - eps)
-        q = 1 - p
-        ce = -(target * F.log(p) + (1 - target) * F.log(q))
-    else:
-        p, q = F.sigmoid(pred), F.sigmoid(-pred)
-        # -log(p) = softplus(-x), -log(1 - p) = softplus(x); an infinite logit on
-        # the side of its target has loss 0, not 0 * inf
-        ce = _weighted(F, target, softplus(F, -pred)) + \
-            _weighted(F, 1 - target, softplus(F, pred))
+def focal_terms_probabilities(F, prob, target, gamma, eps):
+    """(1 - p_t)^gamma * CE for targets in [0, 1], from probabilities (clipped to
+    [eps, 1 - eps]; see :func:`clip_eps`)."""
+    p = F.clip(prob, eps, 1 - eps)
+    q = 1 - p
+    ce = -(target * F.log(p) + (1 - target) * F.log(q))
     factor = modulating_factor(F, target * q + (1 - target) * p, gamma)
     return ce if factor is None else ce * factor
 
@@ -468,8 +475,9 @@ class FocalLoss(Loss):
                 log_alpha_weights(F, target, self._alpha, per_class)
             loss = focal_terms_hard(F, pred, target, self._gamma, log_alpha_t)
         else:
-            loss = focal_terms_soft(F, pred, target, self._gamma, self._from_sigmoid,
-                                    clip_eps(self._eps, dtype))
+            loss = focal_terms_probabilities(F, pred, target, self._gamma,
+                                             clip_eps(self._eps, dtype)) \
+                if self._from_sigmoid else focal_terms_soft(F, pred, target, self._gamma, dtype)
             if self._alpha is not None or per_class is not None:
                 loss = loss * alpha_weights(F, target, self._alpha, per_class)
         return loss if valid is None else F.broadcast_mul(loss, valid)

@@ -49,6 +49,7 @@ from gluon_focal.segmentation import (SegmentationBCELoss, SegmentationFocalLoss
                                       SigmoidSegmentationMetric, SyntheticSmallTargets,
                                       get_small_target_unet, sigmoid_to_two_class,
                                       voc_segmentation, write_voc_segmentation)
+from gluon_focal.validation import SEGMENTATION_IGNORE_LABEL as IGNORE_LABEL  # noqa: E402
 from gluon_focal.training import (CheckpointManager, add_training_args,  # noqa: E402
                                   contexts_from_args, plot_curves, progress, save_figure)
 
@@ -184,7 +185,8 @@ def get_model(args, ctx):
 
 
 def get_criterion(args):
-    common = dict(aux=not args.no_aux, aux_weight=args.aux_weight, ignore_label=-1)
+    common = dict(aux=not args.no_aux, aux_weight=args.aux_weight,
+                  ignore_label=IGNORE_LABEL)
     sigmoid = dict(normalization=args.normalization, dice_weight=args.dice_weight,
                    dice_batch=args.dice_batch, **common)
     if args.loss == 'focal':
@@ -217,7 +219,7 @@ def foreground_logits(args, output):
 # ----------------------------------------------------------------------------------
 def evaluate(args, net, val_loader, ctx):
     """IoU/F1/pixAcc at ``--threshold``, and the best threshold's IoU."""
-    metric = SigmoidSegmentationMetric(threshold=args.threshold, ignore_label=-1)
+    metric = SigmoidSegmentationMetric(threshold=args.threshold, ignore_label=IGNORE_LABEL)
     # GluonCV's metric, fed the right way from a one-channel sigmoid output
     gcv_metric = SegmentationMetric(nclass=2) if args.nclass == 1 else None
     for data, label in val_loader:

@@ -28,11 +28,14 @@ import numpy as np
 import mxnet as mx
 from mxnet.gluon.data import Dataset
 
+from ..validation import SEGMENTATION_IGNORE_LABEL, VOC_BOUNDARY_LABEL
+
 __all__ = ['SyntheticSmallTargets', 'make_sample', 'write_voc_segmentation',
            'voc_segmentation', 'IGNORE_LABEL', 'VOC_IGNORE_VALUE']
 
-IGNORE_LABEL = -1        # in the masks the datasets return (GluonCV convention)
-VOC_IGNORE_VALUE = 255   # in VOC SegmentationClass PNGs (GluonCV maps 255 -> -1)
+# in the masks the datasets return (GluonCV convention), and in VOC SegmentationClass PNGs
+# (GluonCV maps 255 -> -1): the validator's constants, under this module's names
+IGNORE_LABEL, VOC_IGNORE_VALUE = SEGMENTATION_IGNORE_LABEL, VOC_BOUNDARY_LABEL
 _SPLIT_IDS = {'train': 0, 'val': 1, 'test': 2}
 
 

@@ -34,12 +34,6 @@ def log1p_exp_parts(F, x):
     return positive_part, negative_part, F.log1p(F.exp(negative_part - positive_part))
 
 
-def softplus(F, x):
-    """log(1 + exp(x)) = -log(sigmoid(-x))."""
-    positive_part, _, tail = log1p_exp_parts(F, x)
-    return positive_part + tail
-
-
 def modulating_factor(F, one_minus_pt, gamma):
     """(1 - p_t)^gamma, or None for gamma = 0."""
     if gamma == 0:

@@ -88,6 +88,19 @@ inline typename S::V log_modulating_base(typename S::V t, typename S::V m, typen
                    S::select(S::eq(t, S::splat(1)), log_q, log_nonnegative<S>(m)));
 }
 
+// m^gamma for soft targets; for a general gamma also sets *log_m (the gradient
+// needs m^(gamma - 1)).
+template <class S, GammaKind kGamma>
+inline typename S::V modulating_factor(typename S::V t, typename S::V m, typename S::V log_p,
+                                       typename S::V log_q, typename S::V gamma,
+                                       typename S::V* log_m) {
+  if (kGamma == GammaKind::kOne) return m;
+  if (kGamma == GammaKind::kTwo) return S::mul(m, m);
+  if (kGamma == GammaKind::kZero) return S::splat(1);
+  *log_m = log_modulating_base<S>(t, m, log_p, log_q);
+  return exp_neg<S>(S::sub(S::splat(0), S::mul(gamma, *log_m)));
+}
+
 // Logits with soft targets t in [0, 1].
 template <class S, Pass kPass, GammaKind kGamma>
 inline typename S::V focal_logits_soft_targets(typename S::V x, const SigmoidParts<S>& parts,
@@ -106,13 +119,8 @@ inline typename S::V focal_logits_soft_targets(typename S::V x, const SigmoidPar
   V m = S::fma(t, q, S::mul(one_minus_t, p));
   V log_p = S::sub(zero, S::add(neg_relu, log1p_e));
   V log_q = S::sub(zero, S::add(relu, log1p_e));
-  V log_m = zero, modulator = one;
-  if (kGamma == GammaKind::kOne) modulator = m;
-  else if (kGamma == GammaKind::kTwo) modulator = S::mul(m, m);
-  else if (kGamma == GammaKind::kAny) {
-    log_m = log_modulating_base<S>(t, m, log_p, log_q);
-    modulator = exp_neg<S>(S::sub(zero, S::mul(gamma, log_m)));
-  }
+  V log_m = zero;
+  V modulator = modulating_factor<S, kGamma>(t, m, log_p, log_q, gamma, &log_m);
   if (kPass == Pass::kForward) return S::mul(S::mul(alpha_t, ce), modulator);
   V p_minus_t = S::fnma(t, q, S::mul(p, one_minus_t));   // p - t without cancellation
   if (kGamma == GammaKind::kZero) return S::mul(alpha_t, p_minus_t);
@@ -147,13 +155,8 @@ inline typename S::V focal_probabilities(typename S::V x, typename S::V t, typen
   V one_minus_t = S::sub(one, t);
   V ce = S::sub(zero, S::fma(t, log_p, S::mul(one_minus_t, log_q)));
   V m = S::fma(t, q, S::mul(one_minus_t, p));
-  V log_m = zero, modulator = one;
-  if (kGamma == GammaKind::kOne) modulator = m;
-  else if (kGamma == GammaKind::kTwo) modulator = S::mul(m, m);
-  else if (kGamma == GammaKind::kAny) {
-    log_m = log_modulating_base<S>(t, m, log_p, log_q);
-    modulator = exp_neg<S>(S::sub(zero, S::mul(gamma, log_m)));
-  }
+  V log_m = zero;
+  V modulator = modulating_factor<S, kGamma>(t, m, log_p, log_q, gamma, &log_m);
   if (kPass == Pass::kForward) return S::mul(S::mul(alpha_t, ce), modulator);
   V d_ce = S::sub(S::div(one_minus_t, q), S::div(t, p));
   V one_minus_2t = S::sub(one_minus_t, t);

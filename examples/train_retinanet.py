@@ -199,7 +199,7 @@ def main(argv=None):
                        ', '.join('%s %.2f' % (c, stats[c]) for c in classes if c in stats),
                        speed * num_workers, time.time() - start))
         if is_chief:  # atomic: a crash leaves the previous epoch's
-            checkpoints.save(epoch, net, trainer, history)
+            checkpoints.save(epoch + 1, net, trainer, history)
             plot_curves({k: history[k] for k in ('loss', 'focal_loss', 'box_loss', 'val_mAP')},
                         os.path.join(args.out_dir, 'curves.png'),
                         'RetinaNet-%s on %s' % (args.backbone, args.dataset))

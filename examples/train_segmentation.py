@@ -16,16 +16,24 @@ seeded synthetic images whose targets are 3-30 px, on the CPU, and ends with
     # a VOC-segmentation folder (root holds VOC2012/); --write-voc makes one
     python examples/train_segmentation.py --dataset voc --data-root /tmp/voc --write-voc
 
-Each epoch writes an atomic checkpoint to ``--out-dir`` (``--resume`` picks the
-last one up) and prints the loss and the validation IoU/F1; at the end it
-writes ``predictions.png`` (image / ground truth / prediction),
-``curves.png`` (loss and IoU per epoch) and ``results.json``, and prints
-the summary as one JSON line, then ``final validation IoU ...`` (foreground
-IoU at ``--threshold``).
+It writes under ``--out-dir`` (``runs/segmentation``) the layout every
+example shares (``gluon_focal.training``):
+
+* ``checkpoint.json`` + ``epoch-NNNN.params/.states`` -- one atomic checkpoint per
+  epoch, numbered from 1 (``--resume`` continues from the last complete one; a
+  larger ``--epochs`` extends the learning-rate schedule to the new end, a
+  smaller one than already trained is refused),
+* ``results.json`` -- per-epoch loss, validation IoU/F1/pixAcc and images/s,
+  the final scores (IoU at ``--threshold``, the best threshold's IoU), arguments,
+* ``curves.png`` -- loss, IoU and F1 per epoch,
+* ``predictions.png`` -- image / ground truth / prediction on validation images,
+
+and ends with ``final validation IoU ...`` (foreground IoU at ``--threshold``).
+
+The steps, top to bottom: arguments -> data -> model -> loss -> evaluation and
+pictures -> epochs of (train, validate, checkpoint) -> results.
 """
 import argparse
-import json
-import logging
 import os
 import random
 import sys
@@ -34,24 +42,26 @@ import time
 import numpy as np
 
 import mxnet as mx
-from mxnet import autograd, gluon
+from mxnet import gluon
 from mxnet.gluon.data.vision import transforms
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+import gluoncv
+from gluoncv.loss import MixSoftmaxCrossEntropyLoss
+from gluoncv.utils.metrics import SegmentationMetric
 
-import gluoncv  # noqa: E402
-from gluoncv.loss import MixSoftmaxCrossEntropyLoss  # noqa: E402
-from gluoncv.utils.metrics import SegmentationMetric  # noqa: E402
-
-import gluon_focal  # noqa: E402
-from gluon_focal.distributed import create_kvstore, rank_and_size, shard  # noqa: E402
-from gluon_focal.segmentation import (SegmentationBCELoss, SegmentationFocalLoss,  # noqa: E402
+try:
+    import gluon_focal  # noqa: F401  (the installed package, with its compiled kernel)
+except ImportError:  # running from a source checkout without `pip install -e .`
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+from gluon_focal import PriorProbability
+from gluon_focal.distributed import create_kvstore, rank_and_size, shard
+from gluon_focal.segmentation import (SegmentationBCELoss, SegmentationFocalLoss,
                                       SigmoidSegmentationMetric, SyntheticSmallTargets,
                                       get_small_target_unet, sigmoid_to_two_class,
                                       voc_segmentation, write_voc_segmentation)
-from gluon_focal.validation import SEGMENTATION_IGNORE_LABEL as IGNORE_LABEL  # noqa: E402
-from gluon_focal.training import (CheckpointManager, add_training_args,  # noqa: E402
-                                  contexts_from_args, plot_curves, progress, save_figure)
+from gluon_focal.training import (CheckpointManager, add_training_args, contexts_from_args,
+                                  finish_run, plot_curves, resume, save_figure, train_epoch)
+from gluon_focal.validation import SEGMENTATION_IGNORE_LABEL as IGNORE_LABEL
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -60,52 +70,61 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # 1. Arguments
 # ----------------------------------------------------------------------------------
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description='Segmentation with the sigmoid focal loss')
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_training_args(parser, epochs=12, batch_size=16, lr=0.01, out_dir='runs/segmentation')
-    parser.add_argument('--loss', choices=('focal', 'bce', 'softmax'), default='focal')
-    parser.add_argument('--dice-weight', type=float, default=1.0,
-                        help='add this times a soft Dice loss to focal/bce (0: none)')
-    parser.add_argument('--dice-batch', action='store_true',
-                        help='one Dice over the whole batch instead of per image')
-    parser.add_argument('--alpha', type=float, default=0.75,
-                        help='focal alpha (weight of the foreground; 0.75 measured best for '
-                             'small targets, see docs/segmentation.md)')
-    parser.add_argument('--gamma', type=float, default=2.0, help='focal gamma')
-    parser.add_argument('--normalization', default='positive',
-                        choices=('valid', 'mean', 'positive', 'sum'),
-                        help='per-sample reduction of the sigmoid losses; positive '
-                             '(sum / foreground pixels, RetinaNet) keeps the focal '
-                             'gradients well above the weight-decay term')
-    parser.add_argument('--aux-weight', type=float, default=0.2)
-    parser.add_argument('--no-aux', action='store_true', help='no auxiliary head')
-    parser.add_argument('--prior-pi', type=float, default=0.01,
-                        help='prior-probability bias init of the final sigmoid conv '
-                             '(0 disables)')
-    parser.add_argument('--model', choices=('unet', 'fastscnn', 'fcn'), default='unet',
-                        help='unet: SmallTargetUNet (output stride 1); fastscnn, fcn: '
-                             "GluonCV's (output stride 8)")
-    parser.add_argument('--width', type=int, default=16, help='unet: channels at stride 1')
-    parser.add_argument('--backbone', default='resnet18', help='FCN backbone')
-    parser.add_argument('--optimizer', choices=('adam', 'sgd'), default='adam')
-    parser.add_argument('--wd', type=float, default=1e-4)
-    parser.add_argument('--dataset', choices=('synthetic', 'voc'), default='synthetic')
-    parser.add_argument('--data-root', default='',
-                        help='VOCdevkit-like folder holding VOC2012/ (--dataset voc)')
-    parser.add_argument('--write-voc', action='store_true',
-                        help='first write the synthetic data as a VOC folder to --data-root')
-    parser.add_argument('--nclass', type=int, default=1,
-                        help='sigmoid output channels: 1 for binary masks, C for C '
-                             'one-vs-all classes (21 for real Pascal VOC)')
-    parser.add_argument('--crop-size', type=int, default=64)
-    parser.add_argument('--train-size', type=int, default=512, help='synthetic train images')
-    parser.add_argument('--val-size', type=int, default=128, help='synthetic val images')
-    parser.add_argument('--data-seed', type=int, default=0, help='synthetic data seed')
-    parser.add_argument('--threshold', type=float, default=0.5,
-                        help='sigmoid probability above which a pixel is foreground')
-    parser.add_argument('--num-panels', type=int, default=4,
-                        help='validation images in predictions.png')
-    parser.add_argument('--log-interval', type=int, default=0,
-                        help='also log the loss every N batches (0: per epoch only)')
+    data = parser.add_argument_group('data')
+    data.add_argument('--dataset', choices=('synthetic', 'voc'), default='synthetic',
+                      help='generated small targets, or a VOC-segmentation folder')
+    data.add_argument('--data-root', default='',
+                      help='VOCdevkit-like folder holding VOC2012/ (--dataset voc)')
+    data.add_argument('--write-voc', action='store_true',
+                      help='first write the synthetic data as a VOC folder to --data-root')
+    data.add_argument('--crop-size', type=int, default=64, help='image side in pixels')
+    data.add_argument('--train-size', type=int, default=512, help='synthetic train images')
+    data.add_argument('--val-size', type=int, default=128, help='synthetic val images')
+    data.add_argument('--data-seed', type=int, default=0, help='synthetic data seed')
+    model = parser.add_argument_group('model')
+    model.add_argument('--model', choices=('unet', 'fastscnn', 'fcn'), default='unet',
+                       help='unet: SmallTargetUNet (output stride 1); fastscnn, fcn: '
+                            "GluonCV's (output stride 8)")
+    model.add_argument('--width', type=int, default=16, help='unet: channels at stride 1')
+    model.add_argument('--backbone', default='resnet18', help='fcn: backbone')
+    model.add_argument('--nclass', type=int, default=1,
+                       help='sigmoid output channels: 1 for binary masks, C for C '
+                            'one-vs-all classes (21 for real Pascal VOC)')
+    model.add_argument('--no-aux', action='store_true', help='no auxiliary head')
+    model.add_argument('--prior-pi', type=float, default=0.01,
+                       help='prior-probability bias init of the final sigmoid conv '
+                            '(0 disables)')
+    optim = parser.add_argument_group('loss and optimisation')
+    optim.add_argument('--loss', choices=('focal', 'bce', 'softmax'), default='focal',
+                       help="sigmoid focal, sigmoid BCE, or GluonCV's softmax "
+                            'cross-entropy on a 2-class head')
+    optim.add_argument('--dice-weight', type=float, default=1.0,
+                       help='add this times a soft Dice loss to focal/bce (0: none)')
+    optim.add_argument('--dice-batch', action='store_true',
+                       help='one Dice over the whole batch instead of per image')
+    optim.add_argument('--alpha', type=float, default=0.75,
+                       help='focal alpha (weight of the foreground; 0.75 measured best for '
+                            'small targets, see docs/segmentation.md)')
+    optim.add_argument('--gamma', type=float, default=2.0, help='focal gamma')
+    optim.add_argument('--normalization', default='positive',
+                       choices=('valid', 'mean', 'positive', 'sum'),
+                       help='per-sample reduction of the sigmoid losses; positive '
+                            '(sum / foreground pixels, RetinaNet) keeps the focal '
+                            'gradients well above the weight-decay term')
+    optim.add_argument('--aux-weight', type=float, default=0.2,
+                       help='weight of the auxiliary head\'s loss')
+    optim.add_argument('--optimizer', choices=('adam', 'sgd'), default='adam',
+                       help='the learning rate decays from --lr to 0 by poly (power 0.9)')
+    optim.add_argument('--wd', type=float, default=1e-4, help='weight decay')
+    optim.add_argument('--momentum', type=float, default=0.9, help='sgd momentum')
+    evaluation = parser.add_argument_group('evaluation')
+    evaluation.add_argument('--threshold', type=float, default=0.5,
+                            help='sigmoid probability above which a pixel is foreground')
+    evaluation.add_argument('--num-panels', type=int, default=4,
+                            help='validation images in predictions.png')
     return parser.parse_args(argv)
 
 
@@ -178,7 +197,7 @@ def get_model(args, ctx):
         # RetinaNet's prior-probability init: every pixel starts at p = pi, so
         # the flood of easy background pixels does not dominate the first steps.
         for conv in final_convs:
-            conv.bias.initialize(gluon_focal.PriorProbability(args.prior_pi), ctx=ctx,
+            conv.bias.initialize(PriorProbability(args.prior_pi), ctx=ctx,
                                  force_reinit=True)
     net.hybridize(static_alloc=True)
     return net
@@ -276,16 +295,22 @@ def save_panel(args, net, val_set, ctx, path):
 
 
 # ----------------------------------------------------------------------------------
-# 6. Training
+# 6. Training: epochs of (train, validate, checkpoint), then the results
 # ----------------------------------------------------------------------------------
+HISTORY = ('loss', 'val_IoU', 'val_F1', 'val_pixAcc', 'images_per_s')
+
+
 def main(argv=None):
+    start = time.time()
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format='%(message)s')
     random.seed(args.seed)
     np.random.seed(args.seed)
     mx.random.seed(args.seed)
     ctx = contexts_from_args(args)
     kv = create_kvstore(args.kvstore)
+    rank, num_workers = rank_and_size(kv)
+    is_chief = rank == 0
+    log = print if is_chief else (lambda *a, **k: None)
 
     train_set, val_set = get_datasets(args)
     train_set = shard(train_set, kv)       # this worker's part under dist_* kvstores
@@ -293,96 +318,74 @@ def main(argv=None):
                                          last_batch='rollover', num_workers=args.num_workers)
     val_loader = gluon.data.DataLoader(val_set, args.batch_size, last_batch='keep',
                                        num_workers=args.num_workers)
-    iters_per_epoch = len(train_loader)
+    log('%s on %s, %s loss, %d train / %d val images of %d px, contexts %s, kvstore %s' % (
+        args.model, args.dataset, loss_name(args), len(train_set), len(val_set),
+        args.crop_size, ctx, args.kvstore))
 
     net = get_model(args, ctx)
     criterion = get_criterion(args)
     if args.loss != 'softmax':     # GluonCV's softmax loss does not hybridize on 1.9
         criterion.hybridize()
+    iters = len(train_loader)
     # MXNet's own scheduler: under dist_* kvstores the optimizer is pickled to the
     # servers, which cannot import gluoncv
-    scheduler = mx.lr_scheduler.PolyScheduler(max_update=max(1, args.epochs * iters_per_epoch),
-                                              base_lr=args.lr, pwr=0.9)
-    opt_params = {'learning_rate': args.lr, 'lr_scheduler': scheduler, 'wd': args.wd}
+    schedule = mx.lr_scheduler.PolyScheduler(max_update=max(1, args.epochs * iters),
+                                             base_lr=args.lr, pwr=0.9)
+    opt_params = {'learning_rate': args.lr, 'lr_scheduler': schedule, 'wd': args.wd}
     if args.optimizer == 'sgd':
-        opt_params['momentum'] = 0.9
-    trainer = gluon.Trainer(net.collect_params(), args.optimizer, opt_params,
-                            kvstore=kv)
+        opt_params['momentum'] = args.momentum
+    trainer = gluon.Trainer(net.collect_params(), args.optimizer, opt_params, kvstore=kv)
 
     # every worker resumes (so all run the same steps under dist_sync); the chief saves
-    rank, num_workers = rank_and_size(kv)
-    is_chief = rank == 0
     checkpoints = CheckpointManager(args.out_dir)
     start_epoch, history = 0, {}
     if args.resume:
-        start_epoch, history = checkpoints.restore(net, trainer, ctx=ctx)
-        logging.info('resumed after epoch %d' % (start_epoch - 1) if start_epoch else
-                     'nothing to resume, starting from scratch')
-    for key in ('train_loss', 'val_IoU', 'val_F1', 'val_pixAcc'):
+        start_epoch, history = resume(checkpoints, net, trainer, schedule, args.epochs, iters,
+                                      ctx)
+        log('resumed after epoch %d of %d' % (start_epoch, args.epochs) if start_epoch else
+            'nothing to resume, starting from scratch')
+    for key in HISTORY:
         history.setdefault(key, [])
 
-    logging.info('%s | %s | %s loss | %d train / %d val images of %d px | ctx %s',
-                 args.model, args.dataset, loss_name(args), len(train_set), len(val_set),
-                 args.crop_size, ctx)
-    start = time.time()
-    for epoch in range(start_epoch, args.epochs):
-        total, batches = 0.0, 0
-        bar = progress(train_loader, total=iters_per_epoch, desc='epoch %d' % epoch)
-        for i, (data, label) in enumerate(bar):
-            data = gluon.utils.split_and_load(data, ctx, even_split=False)
-            label = gluon.utils.split_and_load(label, ctx, even_split=False)
-            with autograd.record(True):
-                # GluonCV's calling convention: criterion(*outputs, target)
-                losses = [criterion(*net(x), y) for x, y in zip(data, label)]
-            autograd.backward(losses)
-            # dist_sync sums the workers' gradients: normalise by the global batch
-            trainer.step(num_workers * sum(x.shape[0] for x in data))
-            total += sum(l.sum().asscalar() for l in losses) / sum(x.shape[0] for x in data)
-            batches += 1
-            bar.set_postfix(loss='%.4f' % (total / batches))
-            if args.log_interval and (i + 1) % args.log_interval == 0:
-                logging.info('epoch %d batch %d loss %.5f', epoch, i + 1, total / batches)
-        scores = evaluate(args, net, val_loader, ctx)
-        history['train_loss'].append(total / max(batches, 1))
-        history['val_IoU'].append(scores['IoU'])
-        history['val_F1'].append(scores['F1'])
-        history['val_pixAcc'].append(scores['pixAcc'])
-        logging.info('epoch %d: loss %.5f  val IoU %.4f  F1 %.4f  pixAcc %.5f  best '
-                     'threshold %.2f: IoU %.4f%s  %.0f s', epoch, history['train_loss'][-1],
-                     scores['IoU'], scores['F1'], scores['pixAcc'], scores['best_threshold'],
-                     scores['best_IoU'], '  (GluonCV mIoU over bg+fg %.4f)'
-                     % scores['gluoncv_mIoU'] if 'gluoncv_mIoU' in scores else '',
-                     time.time() - start)
-        if is_chief:
-            checkpoints.save(epoch, net, trainer, history)
+    def losses(data, label):  # GluonCV's calling convention: criterion(*outputs, target)
+        return ([criterion(*net(x), y) for x, y in zip(data, label)],)
 
-    if is_chief:
-        os.makedirs(args.out_dir, exist_ok=True)
+    scores = None
+    for epoch in range(start_epoch, args.epochs):  # epoch + 1 is its number
+        (loss,), speed = train_epoch(train_loader, losses, trainer, ctx, num_workers, schedule,
+                                     epoch * iters, 'epoch %d/%d' % (epoch + 1, args.epochs),
+                                     show=is_chief, per_sample=True)
+        scores = evaluate(args, net, val_loader, ctx)
+        for key, value in zip(HISTORY, (loss, scores['IoU'], scores['F1'], scores['pixAcc'],
+                                        speed)):
+            history[key].append(float(value))
+        log('[epoch %d] loss %.5f  val IoU %.4f  F1 %.4f  pixAcc %.5f  best threshold %.2f: '
+            'IoU %.4f%s  %.0f img/s  %.0fs' % (
+                epoch + 1, loss, scores['IoU'], scores['F1'], scores['pixAcc'],
+                scores['best_threshold'], scores['best_IoU'],
+                '  (GluonCV mIoU over bg+fg %.4f)' % scores['gluoncv_mIoU']
+                if 'gluoncv_mIoU' in scores else '', speed * num_workers, time.time() - start))
+        if is_chief:  # atomic: a crash leaves the previous epoch's
+            checkpoints.save(epoch + 1, net, trainer, history)
+            plot_curves({k: history[k] for k in ('loss', 'val_IoU', 'val_F1')},
+                        os.path.join(args.out_dir, 'curves.png'),
+                        '%s on %s (%s loss)' % (args.model, args.dataset, loss_name(args)))
+
+    if is_chief and history['val_IoU']:
+        if scores is None:  # resumed after the last epoch: score the checkpoint
+            scores = evaluate(args, net, val_loader, ctx)
         save_panel(args, net, val_set, ctx, os.path.join(args.out_dir, 'predictions.png'))
-        plot_curves({'train loss': history['train_loss'], 'val IoU': history['val_IoU'],
-                     'val F1': history['val_F1']},
-                    os.path.join(args.out_dir, 'curves.png'),
-                    '%s on %s (%s loss)' % (args.model, args.dataset, loss_name(args)))
-    final = evaluate(args, net, val_loader, ctx)
-    summary = {'loss': args.loss, 'dice_weight': args.dice_weight if args.loss != 'softmax'
-               else 0.0, 'alpha': args.alpha if args.loss == 'focal' else None,
-               'model': args.model, 'dataset': args.dataset, 'seed': args.seed,
-               'epochs': len(history['val_IoU']), 'seconds': round(time.time() - start, 1),
-               'final_IoU': final['IoU'], 'final_F1': final['F1'],
-               'best_epoch_IoU': max(history['val_IoU']) if history['val_IoU'] else None,
-               'best_threshold': final['best_threshold'],
-               'best_threshold_IoU': final['best_IoU'],
-               'IoU_by_threshold': {'%.2f' % t: round(v, 4)
-                                    for t, v in final['IoU_by_threshold'].items()}}
-    if is_chief:
-        with open(os.path.join(args.out_dir, 'results.json'), 'w') as f:
-            json.dump(summary, f, indent=1)
-    print(json.dumps(summary))       # one machine-readable line, then the human one
-    print('final validation IoU %.3f at threshold %.2f (F1 %.3f; best threshold %.2f: '
-          'IoU %.3f) after %d epochs, %.0f s this run; curves, predictions and checkpoints '
-          'in %s' % (final['IoU'], args.threshold, final['F1'], final['best_threshold'],
-                     final['best_IoU'], summary['epochs'], summary['seconds'], args.out_dir))
-    return summary
+        final = {'val_IoU': scores['IoU'], 'val_F1': scores['F1'],
+                 'val_pixAcc': scores['pixAcc'], 'threshold': args.threshold,
+                 'best_threshold': scores['best_threshold'],
+                 'best_threshold_IoU': scores['best_IoU'],
+                 'IoU_by_threshold': {'%.2f' % t: round(v, 4)
+                                      for t, v in scores['IoU_by_threshold'].items()}}
+        finish_run(args, history, final,
+                   'IoU %.3f at threshold %.2f (F1 %.3f; best threshold %.2f: IoU %.3f)' % (
+                       scores['IoU'], args.threshold, scores['F1'], scores['best_threshold'],
+                       scores['best_IoU']), 'predictions', start, num_workers)
+    return history
 
 
 if __name__ == '__main__':

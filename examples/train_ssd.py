@@ -233,7 +233,7 @@ def train(args):
                ', '.join('%s %.2f' % (c, stats[c]) for c in classes if c in stats),
                speed * num_workers, time.time() - start))
         if is_chief:  # atomic: a crash leaves the previous epoch's
-            checkpoints.save(epoch, net, trainer, history)
+            checkpoints.save(epoch + 1, net, trainer, history)
             plot_curves({k: history[k] for k in ('loss', 'cls_loss', 'box_loss', 'val_mAP')},
                         os.path.join(args.out_dir, 'curves.png'),
                         title='SSD %s loss on %s' % (args.loss, args.dataset))

@@ -7,11 +7,15 @@
 * one learning-rate schedule (:func:`warmup_cosine`) and resuming that keeps
   it right (:func:`resume`): a larger ``--epochs`` extends the schedule to the
   new end, a smaller one than already trained is refused;
-* one output layout in ``--out-dir``: ``checkpoint.json`` + ``epoch-XXXX.params``
-  / ``.states`` (:class:`CheckpointManager`; ``XXXX`` is the 0-based epoch
-  index), ``results.json`` (per-epoch metrics, epochs numbered from 1, final
-  metrics, arguments; :func:`write_results`), ``curves.png``
-  (:func:`plot_curves`) and a predictions PNG;
+* one training epoch (:func:`train_epoch`): batches split over the
+  contexts, the update made by :func:`step`, a progress bar with the running
+  loss and the learning rate of the update being made;
+* one output layout in ``--out-dir``: ``checkpoint.json`` + ``epoch-NNNN.params``
+  / ``.states`` (:class:`CheckpointManager`; ``NNNN`` is the epoch's number),
+  ``results.json`` (per-epoch metrics, final metrics, arguments;
+  :func:`write_results`), ``curves.png`` (:func:`plot_curves`) and a
+  predictions PNG. Epochs are numbered from 1 everywhere: file names,
+  ``checkpoint.json``, ``results.json``, logs;
 * for the detection examples: datasets (generated shapes, VOC or COCO
   folders), VOC07 or COCO evaluation, and drawing detections.
 """
@@ -94,8 +98,9 @@ def _holds_optimizer_states(trainer):
 class CheckpointManager:
     """Per-epoch checkpoints that survive being killed at any moment.
 
-    Each epoch writes ``epoch-XXXX.params`` and ``epoch-XXXX.states``, then
-    ``checkpoint.json`` naming them (relative to the folder); the json is
+    Epoch ``N`` (numbered from 1: after it, ``N`` epochs are trained) writes
+    ``epoch-NNNN.params`` and ``epoch-NNNN.states``, then ``checkpoint.json``
+    naming them (relative to the folder) with ``'epoch': N``; the json is
     written last, so it only ever points at complete files. Temporary files
     that a killed run left behind are removed when the manager is created.
     """
@@ -108,6 +113,9 @@ class CheckpointManager:
             os.remove(leftover)
 
     def save(self, epoch, net, trainer, history):
+        """Checkpoint ``net`` and ``trainer`` after epoch number ``epoch`` (from 1)."""
+        if epoch < 1:
+            raise ValueError('epoch: epochs are numbered from 1, got %r' % (epoch,))
         stem = 'epoch-%04d' % epoch
         _atomic_write(os.path.join(self.directory, stem + '.params'), net.save_parameters)
         trainer = trainer if _holds_optimizer_states(trainer) else None
@@ -116,31 +124,37 @@ class CheckpointManager:
 
         def write_index(path):
             with open(path, 'w') as f:
-                json.dump({'epoch': epoch, 'params': stem + '.params',
+                json.dump({'epoch': epoch, 'epochs_numbered_from': 1,
+                           'params': stem + '.params',
                            'states': stem + '.states' if trainer is not None else None,
                            'history': history}, f)
         _atomic_write(self.index_path, write_index)
 
     def latest(self):
-        """The last complete checkpoint's index entry (with full paths), or None."""
+        """The last complete checkpoint's index entry (with full paths), or None;
+        its ``'epoch'`` is the number of epochs trained."""
         if not os.path.exists(self.index_path):
             return None
         with open(self.index_path) as f:
             entry = json.load(f)
+        if entry.get('epochs_numbered_from', 0) == 0:
+            # written before epochs were numbered from 1: 'epoch' is the last one's 0-based index
+            entry['epoch'] += 1
+            entry['epochs_numbered_from'] = 1
         for key in ('params', 'states'):  # stored relative, so the folder can move
             if entry[key]:
                 entry[key] = os.path.join(self.directory, entry[key])
         return entry
 
     def restore(self, net, trainer, ctx=None):
-        """Load the last complete checkpoint; return (start_epoch, history)."""
+        """Load the last complete checkpoint; return (epochs trained, history)."""
         entry = self.latest()
         if entry is None:
             return 0, {}
         net.load_parameters(entry['params'], ctx=ctx)
         if _holds_optimizer_states(trainer) and entry['states']:
             trainer.load_states(entry['states'])
-        return entry['epoch'] + 1, entry['history']
+        return entry['epoch'], entry['history']
 
 
 def progress(iterable, total=None, desc='', disable=False):
@@ -200,8 +214,9 @@ def warmup_cosine(lr, epochs, iters_per_epoch, warmup_epochs=1.0, final_lr=0.0):
 
 
 def resume(checkpoints, net, trainer, schedule, epochs, iters_per_epoch, ctx=None):
-    """Continue from the last complete checkpoint; return ``(start_epoch, history)``
-    (``start_epoch``: 0-based index of the next epoch; ``(0, {})`` without one).
+    """Continue from the last complete checkpoint; return ``(done, history)``
+    (``done``: epochs trained, so the next one is number ``done + 1``; ``(0, {})``
+    without a checkpoint).
 
     Weights and optimizer state (momentum, update count) come from the
     checkpoint, the learning-rate schedule from this run: with a larger
@@ -210,17 +225,60 @@ def resume(checkpoints, net, trainer, schedule, epochs, iters_per_epoch, ctx=Non
     entry = checkpoints.latest()
     if entry is None:
         return 0, {}
-    done = entry['epoch'] + 1
+    done = entry['epoch']
     if done > epochs:
         raise SystemExit('--resume: %s holds %d trained epochs but --epochs is %d; pass '
                          '--epochs %d or more to continue (the learning-rate schedule is '
                          'extended to the new end)' % (checkpoints.directory, done, epochs, done))
-    start, history = checkpoints.restore(net, trainer, ctx=ctx)
+    done, history = checkpoints.restore(net, trainer, ctx=ctx)
     optimizer = trainer.optimizer
     optimizer.lr_scheduler = schedule  # the saved optimizer carries the old run's schedule
     if not entry['states']:  # dist_*: weights only; the update count restarts here
-        optimizer.begin_num_update = optimizer.num_update = start * iters_per_epoch
-    return start, history
+        optimizer.begin_num_update = optimizer.num_update = done * iters_per_epoch
+    return done, history
+
+
+def train_epoch(loader, losses, trainer, ctx, num_workers, schedule, first_update, desc,
+                show=True, per_sample=False):
+    """One training epoch with the examples' conventions.
+
+    Each batch of ``loader`` (a tuple of arrays, samples on axis 0) is split
+    over ``ctx``; ``losses(*parts)`` (called under ``autograd.record``, each
+    part a list with one array per context) returns ``(totals, *components)``,
+    each such a list. ``totals`` are backpropagated and the update is made by
+    :func:`step`: with ``per_sample`` the losses are one per sample and the
+    gradient is averaged over the batch (segmentation); without, they are
+    already normalised over the batch (detection: per positive anchor).
+
+    The bar (shown when ``show``) gives the running loss and the learning rate
+    of the update being made, read from ``schedule`` at update
+    ``first_update + batch``: under dist_* the optimizer on this worker never
+    counts updates.  Returns ``(means, images per second)``, ``means`` the
+    per-batch means of ``totals`` and of each component (an array)."""
+    from mxnet import autograd, gluon
+    sums, batches, images = 0., 0, 0
+    tic = time.time()
+    bar = progress(loader, total=len(loader), desc=desc, disable=not show)
+    for batch in bar:
+        parts = [gluon.utils.split_and_load(part, ctx_list=ctx, batch_axis=0, even_split=False)
+                 for part in batch]
+        with autograd.record():
+            values = losses(*parts)
+        autograd.backward(values[0])
+        samples = batch[0].shape[0]
+        normaliser = samples if per_sample else 1
+        step(trainer, num_workers, normaliser)
+        sums = sums + np.array([sum(v.sum().asscalar() for v in part)
+                                for part in values]) / normaliser
+        batches += 1
+        images += samples
+        bar.set_postfix(loss='%.4f' % (sums[0] / batches),
+                        lr='%.2e' % schedule(first_update + batches))
+    bar.close()
+    if not batches:
+        raise ValueError('loader: no training batch (%d batches); fewer samples than the '
+                         'batch size?' % len(loader))
+    return sums / batches, images / max(1e-9, time.time() - tic)
 
 
 def write_results(path, history, final=None, **extra):
@@ -236,6 +294,19 @@ def write_results(path, history, final=None, **extra):
             json.dump(results, f, indent=1, default=str)
     _atomic_write(path, write)
     return results
+
+
+def finish_run(args, history, final, summary, picture, start, num_workers):
+    """The chief's end of every example, after it drew its predictions PNG:
+    ``results.json`` (with the ``final`` metrics, the seconds of this run and
+    the arguments) and the last line, ``final validation <summary> after N
+    epochs (...)`` (``picture`` names the PNG in it)."""
+    write_results(os.path.join(args.out_dir, 'results.json'), history, final=final,
+                  seconds_this_run=time.time() - start, args=vars(args))
+    print('final validation %s after %d epochs (%.0f s this run, %.0f img/s); results, '
+          'curves, %s and checkpoints in %s' % (
+              summary, len(history['loss']), time.time() - start,
+              history['images_per_s'][-1] * num_workers, picture, args.out_dir))
 
 
 # ---------------------------------------------------------------------------
@@ -306,38 +377,19 @@ def detection_datasets(args):
 
 def train_detector_epoch(net, loader, loss_fn, trainer, ctx, num_workers, schedule,
                          first_update, desc, show=True):
-    """One epoch of a GluonCV-style detector (RetinaNet, SSD): batches of
-    ``(images, cls_targets, box_targets)`` split over ``ctx``, ``net`` in
-    training mode giving ``(cls_preds, box_preds, anchors)``, a loss with
-    GluonCV's ``(cls_preds, box_preds, cls_targets, box_targets)`` call and
-    per-device list returns, normalised per positive anchor (:func:`step`).
-
-    The bar shows the running loss and the learning rate of the update being
-    made (read from ``schedule``: under dist_* the optimizer on this worker
-    never counts updates).  Returns ``(mean total, cls, box loss per batch,
-    images per second)``."""
-    from mxnet import autograd, gluon
-    sums, batches, images = np.zeros(3), 0, 0
-    tic = time.time()
-    bar = progress(loader, total=len(loader), desc=desc, disable=not show)
-    for batch in bar:
-        data, cls_targets, box_targets = [
-            gluon.utils.split_and_load(part, ctx_list=ctx, batch_axis=0) for part in batch]
-        with autograd.record():
-            outputs = [net(x) for x in data]
-            totals, cls_losses, box_losses = loss_fn(
-                [o[0] for o in outputs], [o[1] for o in outputs], cls_targets, box_targets)
-        autograd.backward(totals)
-        step(trainer, num_workers)  # the losses are already means per positive anchor
-        sums += [sum(v.sum().asscalar() for v in part)
-                 for part in (totals, cls_losses, box_losses)]
-        batches += 1
-        images += batch[0].shape[0]
-        bar.set_postfix(loss='%.3f' % (sums[0] / batches),
-                        lr='%.2e' % schedule(first_update + batches))
-    bar.close()
-    means = sums / max(1, batches)
-    return means[0], means[1], means[2], images / max(1e-9, time.time() - tic)
+    """One :func:`train_epoch` of a GluonCV-style detector (RetinaNet, SSD):
+    batches of ``(images, cls_targets, box_targets)``, ``net`` in training mode
+    giving ``(cls_preds, box_preds, anchors)``, a loss with GluonCV's
+    ``(cls_preds, box_preds, cls_targets, box_targets)`` call and per-device
+    list returns ``(totals, cls, box)``, normalised per positive anchor.
+    Returns ``(mean total, cls, box loss per batch, images per second)``."""
+    def losses(data, cls_targets, box_targets):
+        outputs = [net(x) for x in data]
+        return loss_fn([o[0] for o in outputs], [o[1] for o in outputs], cls_targets,
+                       box_targets)
+    means, speed = train_epoch(loader, losses, trainer, ctx, num_workers, schedule,
+                               first_update, desc, show=show)
+    return means[0], means[1], means[2], speed
 
 
 def detection_metric(dataset, val_set, classes, data_shape, out_dir):
@@ -413,16 +465,12 @@ def draw_detections(detector, dataset, classes, path, ctx, data_shape, num=8, th
 
 def finish_detector_run(detector, val_set, classes, history, args, ctx, start, num_workers,
                         title):
-    """The chief's end of a detection example: the detections PNG, ``results.json``
-    and the final line (``title`` names the detector in the PNG)."""
+    """The chief's end of a detection example: ``detections.png`` (``title``
+    names the detector), then :func:`finish_run`."""
     if args.num_vis > 0:
         draw_detections(detector, val_set, classes, os.path.join(args.out_dir, 'detections.png'),
                         ctx, args.data_shape, num=args.num_vis, thresh=args.vis_thresh,
                         title='%s detections (score > %.2f)' % (title, args.vis_thresh))
-    write_results(os.path.join(args.out_dir, 'results.json'), history,
-                  final={'val_mAP': history['val_mAP'][-1]},
-                  seconds_this_run=time.time() - start, args=vars(args))
-    print('final validation mAP %.4f after %d epochs (%.0f s this run, %.0f img/s); '
-          'results, curves, detections and checkpoints in %s' % (
-              history['val_mAP'][-1], len(history['val_mAP']), time.time() - start,
-              history['images_per_s'][-1] * num_workers, args.out_dir))
+    finish_run(args, history, {'val_mAP': history['val_mAP'][-1]},
+               'mAP %.4f' % history['val_mAP'][-1], 'detections', start, num_workers)
+

@@ -44,7 +44,7 @@ loss.backward()
 trainer.step(1)                      # creates the optimizer states
 manager = CheckpointManager(directory)
 entry = manager.latest()
-epoch = 0 if entry is None else entry['epoch'] + 1
+epoch = 1 if entry is None else entry['epoch'] + 1   # numbered from 1
 print('resumed at', epoch, flush=True)
 while True:
     for param in net.collect_params().values():
@@ -68,7 +68,7 @@ def _assert_complete(entry, directory):
         path = entry[key]
         assert os.path.dirname(os.path.abspath(path)) == os.path.abspath(directory)
         assert not os.path.basename(path).startswith('.tmp'), 'names a temp file: %s' % path
-        assert re.fullmatch(r'epoch-\d{4}\.%s' % key, os.path.basename(path)), path
+        assert os.path.basename(path) == 'epoch-%04d.%s' % (epoch, key), path
         assert os.path.isfile(path), 'checkpoint.json names a missing file: %s' % path
     net, trainer = _make_net_and_trainer()
     net.load_parameters(entry['params'])
@@ -83,7 +83,7 @@ def _assert_complete(entry, directory):
 def test_sigkill_while_saving_never_leaves_a_broken_latest_checkpoint(tmp_path):
     directory = str(tmp_path / 'checkpoints')
     rng = random.Random(1234)
-    kills, mid_write_kills, last_epoch, temps_seen = 6, 0, -1, set()
+    kills, mid_write_kills, last_epoch, temps_seen = 6, 0, 0, set()
     for round_index in range(kills):
         child = subprocess.Popen([sys.executable, '-u', '-c', SAVER, directory, str(UNITS)],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -122,7 +122,7 @@ def test_sigkill_while_saving_never_leaves_a_broken_latest_checkpoint(tmp_path):
           'temporary files in the folder at the end, last complete epoch %d'
           % (kills, mid_write_kills, len(glob.glob(os.path.join(directory, '.tmp*'))),
              last_epoch))
-    assert last_epoch >= 1, 'the children never got to save: the test proves nothing'
+    assert last_epoch >= 2, 'the children never got to save: the test proves nothing'
 
 
 def test_a_new_checkpoint_manager_removes_temporary_files_of_a_killed_run(tmp_path):
@@ -139,8 +139,8 @@ def test_a_new_checkpoint_manager_removes_temporary_files_of_a_killed_run(tmp_pa
     stale.write_bytes(b'half of a states file')
     manager = CheckpointManager(str(directory))
     net, trainer = _make_net_and_trainer()
-    manager.save(0, net, None, {})
-    assert manager.latest()['epoch'] == 0
+    manager.save(1, net, None, {})
+    assert manager.latest()['epoch'] == 1
     assert not stale.exists(), 'the temporary file of a killed run is still there'
 
 
@@ -168,8 +168,8 @@ def test_sigkilled_segmentation_training_resumes_from_the_next_epoch(tmp_path):
     assert os.path.exists(index), 'no checkpoint within 120 s:\n' + first_log[-3000:]
     assert child.returncode == -signal.SIGKILL, \
         'the first run finished before it could be killed; use more epochs\n' + first_log[-2000:]
-    killed_at = CheckpointManager(out_dir).latest()['epoch']
-    assert killed_at < EPOCHS - 1
+    killed_at = CheckpointManager(out_dir).latest()['epoch']   # epochs trained
+    assert 1 <= killed_at < EPOCHS
 
     resumed = subprocess.run([sys.executable, EXAMPLE] + SMALL + ['--out-dir', out_dir,
                                                                   '--resume'],
@@ -178,13 +178,13 @@ def test_sigkilled_segmentation_training_resumes_from_the_next_epoch(tmp_path):
     log = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, log[-3000:]
     assert 'resumed after epoch %d' % killed_at in log, log[-3000:]
-    trained = [int(e) for e in re.findall(r'^epoch (\d+): loss', log, re.M)]
-    assert trained == list(range(killed_at + 1, EPOCHS)), \
+    trained = [int(e) for e in re.findall(r'^\[epoch (\d+)\] loss', log, re.M)]
+    assert trained == list(range(killed_at + 1, EPOCHS + 1)), \
         'after a kill at epoch %d the resumed run trained epochs %s' % (killed_at, trained)
     entry = CheckpointManager(out_dir).latest()
-    assert entry['epoch'] == EPOCHS - 1
-    assert len(entry['history']['train_loss']) == EPOCHS, entry['history']
-    summary = json.loads([line for line in resumed.stdout.splitlines()
-                          if line.startswith('{')][-1])
-    assert summary['epochs'] == EPOCHS
+    assert entry['epoch'] == EPOCHS
+    assert os.path.basename(entry['params']) == 'epoch-%04d.params' % EPOCHS
+    assert len(entry['history']['loss']) == EPOCHS, entry['history']
+    with open(os.path.join(out_dir, 'results.json')) as f:
+        assert json.load(f)['epochs'] == list(range(1, EPOCHS + 1))
     print('\nkilled after epoch %d, resumed and trained epochs %s' % (killed_at, trained))

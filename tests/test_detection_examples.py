@@ -6,6 +6,7 @@ import importlib.util
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -26,6 +27,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_RETINANET = ['--data-shape', '64', '--batch-size', '4', '--fpn-channels', '16',
                   '--head-channels', '16', '--num-vis', '1']
 TINY_SSD = ['--data-shape', '64', '--batch-size', '4', '--num-vis', '1']
+TINY = {'train_retinanet': ['--num-train', '8', '--num-val', '4'] + TINY_RETINANET,
+        'train_ssd': ['--num-train', '8', '--num-val', '4'] + TINY_SSD,
+        'train_segmentation': ['--train-size', '8', '--val-size', '4', '--crop-size', '32',
+                               '--batch-size', '4', '--num-panels', '1']}
+EXAMPLES = sorted(TINY)
 
 
 def _example(name):
@@ -34,6 +40,13 @@ def _example(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _run(example, argv):
+    """An example's training (train_ssd.py: ``train(parse_args(argv))``), its history."""
+    if hasattr(example, 'main'):
+        return example.main(argv)
+    return example.train(example.parse_args(argv))
 
 
 @pytest.fixture(scope='module')
@@ -128,7 +141,7 @@ def test_example_trains_one_epoch_on_coco_folder(coco_root, tmp_path, name):
 # ---------------------------------------------------------------------------
 # one convention across the examples
 # ---------------------------------------------------------------------------
-@pytest.mark.parametrize('name', ['train_retinanet', 'train_ssd'])
+@pytest.mark.parametrize('name', EXAMPLES)
 def test_help_shows_every_default(name):
     out = subprocess.run([sys.executable, os.path.join(ROOT, 'examples', name + '.py'),
                           '--help'], capture_output=True, text=True, check=True,
@@ -137,37 +150,83 @@ def test_help_shows_every_default(name):
     blocks = [b for b in options.split('\n  --')[1:]]
     assert len(blocks) > 20
     for block in blocks:
-        if block.startswith(('resume', 'pretrained-base')):
-            continue  # switches
         assert '(default:' in block, block
-    assert '--dataset {synthetic,voc,coco}' in out
+    assert re.search(r'--epochs EPOCHS +number of epochs \(default: \d+\)', out)
 
 
-def test_both_examples_write_one_layout_and_resume_extends(tmp_path):
+IMPORT_WITHOUT_INSTALL = r"""
+import contextlib, io, os, runpy, sys
+root, names = sys.argv[1], sys.argv[2:]
+
+
+class NotInstalled(object):  # gluon_focal is importable only from the checkout on sys.path
+    def find_spec(self, name, path=None, target=None):
+        if name == 'gluon_focal' and root not in [os.path.abspath(p or '.') for p in sys.path]:
+            raise ImportError('gluon_focal is not installed')
+
+
+sys.meta_path.insert(0, NotInstalled())
+for name in names:
+    sys.argv = [name, '--help']
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+        runpy.run_path(os.path.join(root, 'examples', name + '.py'), run_name='__main__')
+    print(name, os.path.abspath(os.path.dirname(sys.modules.pop('gluon_focal').__file__)))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or '.') != root]
+    for module in [m for m in sys.modules if m.startswith('gluon_focal.')]:
+        del sys.modules[module]
+"""
+
+
+def test_examples_import_the_installed_package_and_fall_back_to_the_checkout(tmp_path):
+    import gluon_focal
+    for name in EXAMPLES:   # importable (installed, or on PYTHONPATH): sys.path is left alone
+        before = list(sys.path)
+        assert _example(name).gluon_focal is gluon_focal and sys.path == before
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+    out = subprocess.run([sys.executable, '-c', IMPORT_WITHOUT_INSTALL, ROOT] + EXAMPLES,
+                         capture_output=True, text=True, env=env, cwd=str(tmp_path),
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == [word for name in EXAMPLES
+                                  for word in (name, os.path.join(ROOT, 'gluon_focal'))]
+
+
+def test_examples_write_one_layout_numbered_from_1_and_resume_extends(tmp_path):
+    """All three examples: the same files (the predictions PNG named for what it
+    shows), checkpoints and results numbered from 1, a larger --epochs extends a
+    resumed run, a smaller one than trained is refused."""
     layouts = {}
-    for name, tiny in (('train_retinanet', TINY_RETINANET), ('train_ssd', TINY_SSD)):
+    for name in EXAMPLES:
         example = _example(name)
         out = str(tmp_path / name)
-        argv = ['--num-train', '8', '--num-val', '4', '--out-dir', out] + tiny
-        run = (example.main if name == 'train_retinanet'
-               else lambda a: example.train(example.parse_args(a)))
-        with contextlib.redirect_stdout(io.StringIO()):
-            run(argv + ['--epochs', '1'])
-            history = run(argv + ['--epochs', '2', '--resume'])   # extends to 2 epochs
-        assert len(history['val_mAP']) == 2
+        argv = TINY[name] + ['--out-dir', out]
+        with contextlib.redirect_stdout(io.StringIO()) as printed:
+            _run(example, argv + ['--epochs', '1'])
+            history = _run(example, argv + ['--epochs', '2', '--resume'])   # extends to 2
+        assert 'resumed after epoch 1 of 2' in printed.getvalue()
+        assert '[epoch 2]' in printed.getvalue() and '[epoch 0]' not in printed.getvalue()
+        assert 'after 2 epochs' in printed.getvalue().splitlines()[-1]
+        assert len(history['loss']) == 2
         with open(os.path.join(out, 'results.json')) as f:
             results = json.load(f)
-        assert results['epochs'] == [1, 2]
+        assert results['epochs'] == [1, 2] and results['history'] == history
+        with open(os.path.join(out, 'checkpoint.json')) as f:
+            assert json.load(f)['epoch'] == 2
         layouts[name] = (sorted(f for f in os.listdir(out) if f != 'model.json'),
                          sorted(results), sorted(results['history']))
         with pytest.raises(SystemExit, match='holds 2 trained epochs but --epochs is 1'):
-            run(argv + ['--epochs', '1', '--resume'])
-    retina, ssd = layouts['train_retinanet'], layouts['train_ssd']
-    assert retina[0] == ssd[0] == ['checkpoint.json', 'curves.png', 'detections.png',
-                                   'epoch-0000.params', 'epoch-0000.states',
-                                   'epoch-0001.params', 'epoch-0001.states', 'results.json']
-    assert retina[1] == ssd[1]
-    assert {'loss', 'box_loss', 'val_mAP', 'images_per_s'} <= set(retina[2]) & set(ssd[2])
+            _run(example, argv + ['--epochs', '1', '--resume'])
+    checkpoints = ['checkpoint.json', 'curves.png', 'epoch-0001.params', 'epoch-0001.states',
+                   'epoch-0002.params', 'epoch-0002.states']
+    assert layouts['train_retinanet'][0] == layouts['train_ssd'][0] == sorted(
+        checkpoints + ['detections.png', 'results.json'])
+    assert layouts['train_segmentation'][0] == sorted(
+        checkpoints + ['predictions.png', 'results.json'])
+    assert (layouts['train_retinanet'][1] == layouts['train_ssd'][1]
+            == layouts['train_segmentation'][1]
+            == ['args', 'epochs', 'final', 'history', 'seconds_this_run'])
+    for name in EXAMPLES:
+        assert {'loss', 'images_per_s'} <= set(layouts[name][2])
 
 
 def _tiny_trainer(iters_per_epoch, epochs, states=True):
@@ -188,7 +247,7 @@ def test_resume_uses_this_runs_schedule(tmp_path):
         loss.backward()
         training.step(trainer, 1)
     checkpoints = training.CheckpointManager(str(tmp_path))
-    checkpoints.save(1, net, trainer, {'loss': [1., 0.5]})
+    checkpoints.save(2, net, trainer, {'loss': [1., 0.5]})   # after epoch 2
     # --epochs 4: the update count continues, the schedule ends at the new end
     net, trainer, schedule = _tiny_trainer(iters, 4)
     start, history = training.resume(checkpoints, net, trainer, schedule, 4, iters)
@@ -211,6 +270,32 @@ def test_resume_uses_this_runs_schedule(tmp_path):
         training.resume(checkpoints, net, trainer, schedule, 1, iters)
 
 
+def test_checkpoints_are_numbered_from_1_and_old_0_based_ones_still_resume(tmp_path):
+    net, trainer, _ = _tiny_trainer(3, 2)
+    checkpoints = training.CheckpointManager(str(tmp_path))
+    with pytest.raises(ValueError, match='epoch: epochs are numbered from 1, got 0'):
+        checkpoints.save(0, net, trainer, {})
+    checkpoints.save(1, net, trainer, {'loss': [1.]})
+    entry = checkpoints.latest()
+    assert entry['epoch'] == 1 and os.path.basename(entry['params']) == 'epoch-0001.params'
+    assert os.path.basename(entry['states']) == 'epoch-0001.states'
+    # a checkpoint.json from before the renumbering: 'epoch' was the 0-based index of the
+    # last epoch and the files were named by it
+    os.rename(entry['params'], str(tmp_path / 'epoch-0000.params'))
+    os.rename(entry['states'], str(tmp_path / 'epoch-0000.states'))
+    with open(checkpoints.index_path, 'w') as f:
+        json.dump({'epoch': 0, 'params': 'epoch-0000.params', 'states': 'epoch-0000.states',
+                   'history': {'loss': [1.]}}, f)
+    net, trainer, schedule = _tiny_trainer(3, 2)
+    done, history = training.resume(checkpoints, net, trainer, schedule, 2, 3)
+    assert done == 1 and history == {'loss': [1.]}   # one epoch trained: the next is 2
+    checkpoints.save(2, net, trainer, {'loss': [1., .5]})
+    assert checkpoints.latest()['epoch'] == 2
+    assert sorted(os.listdir(str(tmp_path))) == [
+        'checkpoint.json', 'epoch-0000.params', 'epoch-0000.states', 'epoch-0002.params',
+        'epoch-0002.states']
+
+
 def test_step_is_the_one_gradient_convention():
     calls = []
 
@@ -222,17 +307,17 @@ def test_step_is_the_one_gradient_convention():
     assert calls == [4, 32]
 
 
-def test_only_the_chief_prints_and_writes(tmp_path, monkeypatch):
-    example = _example('train_retinanet')
+@pytest.mark.parametrize('name', EXAMPLES)
+def test_only_the_chief_prints_and_writes(tmp_path, monkeypatch, name):
+    example = _example(name)
     # a dist_sync worker of rank 1 of 2 (the kvstore itself is not needed to check this)
     monkeypatch.setattr(example, 'rank_and_size', lambda kv: (1, 2))
     monkeypatch.setattr(example, 'create_kvstore', lambda name: None)
     out = str(tmp_path)
     with contextlib.redirect_stdout(io.StringIO()) as printed, \
             contextlib.redirect_stderr(io.StringIO()) as bar:
-        history = example.main(['--num-train', '8', '--num-val', '4', '--epochs', '1',
-                                '--out-dir', out] + TINY_RETINANET)
-    assert len(history['val_mAP']) == 1
+        history = _run(example, TINY[name] + ['--epochs', '1', '--out-dir', out])
+    assert len(history['loss']) == 1
     assert printed.getvalue() == '' and 'epoch 1/1' not in bar.getvalue()
     assert os.listdir(out) == []
 

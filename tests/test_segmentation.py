@@ -456,6 +456,7 @@ def test_voc_folder_round_trip(tmp_path):
 
 # ---------------------------------------------------------------------- example script
 def test_example_script_checkpoints_resume_and_pictures(tmp_path, capsys):
+    import json
     sys.path.insert(0, os.path.join(ROOT, 'examples'))
     try:
         import train_segmentation as example
@@ -465,23 +466,36 @@ def test_example_script_checkpoints_resume_and_pictures(tmp_path, capsys):
     common = ['--train-size', '16', '--val-size', '8', '--batch-size', '8',
               '--out-dir', out, '--num-panels', '2']
     first = example.main(['--epochs', '1'] + common)
-    assert first['epochs'] == 1 and 0.0 <= first['final_IoU'] <= 1.0
-    assert os.path.exists(os.path.join(out, 'epoch-0000.params'))
+    assert len(first['val_IoU']) == 1 and 0.0 <= first['val_IoU'][0] <= 1.0
+    assert sorted(os.listdir(out)) == ['checkpoint.json', 'curves.png', 'epoch-0001.params',
+                                       'epoch-0001.states', 'predictions.png', 'results.json']
+    # a larger --epochs extends the run (and its poly schedule) to the new end
     resumed = example.main(['--epochs', '2', '--resume'] + common)
-    import json
+    assert resumed['loss'][:1] == first['loss'] and len(resumed['loss']) == 2
     with open(os.path.join(out, 'checkpoint.json')) as f:
         entry = json.load(f)
-    assert entry['epoch'] == 1 and len(entry['history']['val_IoU']) == 2
-    assert resumed['final_IoU'] == entry['history']['val_IoU'][-1]
-    last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert last.startswith('final validation IoU %.3f at threshold 0.50' % resumed['final_IoU'])
+    assert entry['epoch'] == 2 and entry['params'] == 'epoch-0002.params'
+    assert entry['history'] == resumed
     with open(os.path.join(out, 'results.json')) as f:
-        assert json.load(f)['best_threshold_IoU'] >= resumed['final_IoU']
+        results = json.load(f)
+    assert results['epochs'] == [1, 2] and results['history'] == resumed
+    final = results['final']
+    assert final['val_IoU'] == resumed['val_IoU'][-1]
+    assert final['best_threshold_IoU'] >= final['val_IoU']
+    assert results['args']['epochs'] == 2 and results['args']['resume'] is True
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith('final validation IoU %.3f at threshold 0.50' % final['val_IoU'])
+    assert 'after 2 epochs' in last
     for name in ('predictions.png', 'curves.png'):
         path = os.path.join(out, name)
         assert os.path.getsize(path) > 1000
         with open(path, 'rb') as f:
             assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+    # fewer epochs than already trained: refused, the checkpoint left as it was
+    with pytest.raises(SystemExit, match='holds 2 trained epochs but --epochs is 1'):
+        example.main(['--epochs', '1', '--resume'] + common)
+    with open(os.path.join(out, 'checkpoint.json')) as f:
+        assert json.load(f) == entry
 
 
 # ------------------------------------------------ GluonCV's scripts/segmentation/train.py

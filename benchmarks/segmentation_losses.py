@@ -44,14 +44,18 @@ def slug(arm):
 
 
 def summarise(results):
-    """Per arm: mean and sample std (ddof=1) of each score over the seeds run."""
+    """Per arm: mean and sample std (ddof=1) of each final score over the seeds
+    run (``results`` holds each run's results.json)."""
     table = {}
     for arm, runs in results.items():
         if not runs:
             continue
-        row = {'seeds': [r['seed'] for r in runs], 'seconds': [r['seconds'] for r in runs]}
-        for key in ('final_IoU', 'final_F1', 'best_threshold_IoU', 'best_threshold'):
-            values = np.array([r[key] for r in runs], np.float64)
+        row = {'seeds': [r['args']['seed'] for r in runs],
+               'seconds': [r['seconds_this_run'] for r in runs]}
+        for key, name in (('final_IoU', 'val_IoU'), ('final_F1', 'val_F1'),
+                          ('best_threshold_IoU', 'best_threshold_IoU'),
+                          ('best_threshold', 'best_threshold')):
+            values = np.array([r['final'][name] for r in runs], np.float64)
             row[key] = {'values': values.round(4).tolist(), 'mean': float(values.mean()),
                         'std': float(values.std(ddof=1)) if len(values) > 1 else None}
         table[arm] = row

@@ -6,9 +6,9 @@ synthetic shapes dataset, on the CPU: 6 epochs of 1024 128x128 images took
 mAP of 0.85-0.88 (200 images). It writes under ``--out-dir`` (``runs/retinanet``) the layout
 every example shares (``gluon_focal.training``):
 
-* ``checkpoint.json`` + ``epoch-XXXX.params/.states`` -- one atomic checkpoint per epoch
-  (``--resume`` continues from the last complete one; a larger ``--epochs``
-  extends the learning-rate schedule to the new end),
+* ``checkpoint.json`` + ``epoch-NNNN.params/.states`` -- one atomic checkpoint per epoch,
+  numbered from 1 (``--resume`` continues from the last complete one; a larger
+  ``--epochs`` extends the learning-rate schedule to the new end),
 * ``results.json`` -- per-epoch losses, validation mAP and images/s, final numbers, arguments,
 * ``curves.png`` -- loss and validation mAP per epoch,
 * ``detections.png`` -- detections drawn on validation images,

@@ -15,6 +15,8 @@ seeded synthetic images whose targets are 3-30 px, on the CPU, and ends with
     python examples/train_segmentation.py --model fastscnn
     # a VOC-segmentation folder (root holds VOC2012/); --write-voc makes one
     python examples/train_segmentation.py --dataset voc --data-root /tmp/voc --write-voc
+    # continue an interrupted run; a larger --epochs extends the schedule
+    python examples/train_segmentation.py --resume --epochs 16
 
 It writes under ``--out-dir`` (``runs/segmentation``) the layout every
 example shares (``gluon_focal.training``):
@@ -115,7 +117,7 @@ def parse_args(argv=None):
                             '(sum / foreground pixels, RetinaNet) keeps the focal '
                             'gradients well above the weight-decay term')
     optim.add_argument('--aux-weight', type=float, default=0.2,
-                       help='weight of the auxiliary head\'s loss')
+                       help="weight of the auxiliary head's loss")
     optim.add_argument('--optimizer', choices=('adam', 'sgd'), default='adam',
                        help='the learning rate decays from --lr to 0 by poly (power 0.9)')
     optim.add_argument('--wd', type=float, default=1e-4, help='weight decay')

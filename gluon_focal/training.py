@@ -4,9 +4,9 @@
 * one gradient convention (:func:`step`): each worker's loss is a mean (over
   its samples, or over the batch's positive anchors for detection), and the
   kvstore's sum over workers is divided by their number;
-* one learning-rate schedule (:func:`warmup_cosine`) and resuming that keeps
-  it right (:func:`resume`): a larger ``--epochs`` extends the schedule to the
-  new end, a smaller one than already trained is refused;
+* resuming that keeps the learning-rate schedule right (:func:`resume`): a
+  larger ``--epochs`` extends it to the new end, a smaller one than already
+  trained is refused (the detectors' schedule: :func:`warmup_cosine`);
 * one training epoch (:func:`train_epoch`): batches split over the
   contexts, the update made by :func:`step`, a progress bar with the running
   loss and the learning rate of the update being made;
@@ -14,8 +14,9 @@
   / ``.states`` (:class:`CheckpointManager`; ``NNNN`` is the epoch's number),
   ``results.json`` (per-epoch metrics, final metrics, arguments;
   :func:`write_results`), ``curves.png`` (:func:`plot_curves`) and a
-  predictions PNG. Epochs are numbered from 1 everywhere: file names,
-  ``checkpoint.json``, ``results.json``, logs;
+  predictions PNG, then the chief's last line (:func:`finish_run`). Epochs are
+  numbered from 1 everywhere: file names, ``checkpoint.json``,
+  ``results.json``, logs;
 * for the detection examples: datasets (generated shapes, VOC or COCO
   folders), VOC07 or COCO evaluation, and drawing detections.
 """

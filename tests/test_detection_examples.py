@@ -350,3 +350,37 @@ def test_progress_shows_the_schedules_lr(monkeypatch):
                                   schedule, 2, 'epoch 2/2')
     assert shown == pytest.approx([float('%.2e' % schedule(3)), float('%.2e' % schedule(4))])
     assert trainer.learning_rate == 1.0   # what the bar showed before: the constant lr
+
+
+def test_train_epoch_per_sample_losses_average_over_the_global_batch(monkeypatch):
+    """Segmentation's convention: per-sample losses, each step normalised by this
+    worker's samples times the workers; the bar reads the schedule (dist_*)."""
+    shown, steps = [], []
+
+    class Bar(list):
+        def set_postfix(self, **kw):
+            shown.append((float(kw['loss']), float(kw['lr'])))
+
+        def close(self):
+            pass
+
+    class Trainer(object):
+        def step(self, batch_size):
+            steps.append(batch_size)
+    monkeypatch.setattr(training, 'progress', lambda it, **kw: Bar(it))
+    schedule = mx.lr_scheduler.PolyScheduler(max_update=10, base_lr=0.1, pwr=0.9)
+    weight = mx.nd.ones((1,))
+    weight.attach_grad()
+    batches = [(mx.nd.array([[1.], [2.], [3.]]),), (mx.nd.array([[4.], [6.]]),)]
+    means, speed = training.train_epoch(
+        batches, lambda x: ([(weight * part).sum(axis=1) for part in x],), Trainer(),
+        [mx.cpu(0), mx.cpu(1)], 2, schedule, 4, 'epoch 2/2', per_sample=True)
+    assert steps == [3 * 2, 2 * 2]                       # samples x workers
+    np.testing.assert_allclose(means, [(2. + 5.) / 2])   # mean per sample, per batch
+    assert weight.grad.asscalar() == pytest.approx(4. + 6.)   # last batch: a sum; step divides
+    assert [loss for loss, _ in shown] == pytest.approx([2., 3.5])
+    assert [lr for _, lr in shown] == pytest.approx([float('%.2e' % schedule(5)),
+                                                     float('%.2e' % schedule(6))])
+    assert speed > 0
+    with pytest.raises(ValueError, match='loader: no training batch'):
+        training.train_epoch([], lambda x: ([x],), Trainer(), [mx.cpu()], 1, schedule, 0, '')

@@ -138,7 +138,7 @@ class CheckpointManager:
             return None
         with open(self.index_path) as f:
             entry = json.load(f)
-        if entry.get('epochs_numbered_from', 0) == 0:
+        if 'epochs_numbered_from' not in entry:
             # written before epochs were numbered from 1: 'epoch' is the last one's 0-based index
             entry['epoch'] += 1
             entry['epochs_numbered_from'] = 1

@@ -77,7 +77,7 @@ from .loss import DenseDetectionLoss, _as_list
 from .postprocess import batch_gather, classwise_nms, threshold_topk
 
 __all__ = ['SSDFocalMultiBoxLoss', 'SigmoidSSD', 'init_focal_bias', 'tiny_ssd',
-           'TinySSDBackbone', 'ssd_anchors', 'zoo_ssd']
+           'TinySSDBackbone', 'resnet_ssd', 'ssd_anchors', 'zoo_ssd']
 
 
 class SSDFocalMultiBoxLoss(DenseDetectionLoss):
@@ -398,6 +398,45 @@ def tiny_ssd(classes, base_size=192, channels=(16, 32, 64, 96, 128, 128), num_ou
     return SSD(None, base_size, features=features, num_filters=None, sizes=sizes,
                ratios=ratios, steps=steps, classes=tuple(classes), pretrained=False,
                anchor_alloc_size=max(32, base_size // steps[0] * 2), **kwargs)
+
+
+def resnet_ssd(classes, backbone='resnet18_v1b', width=0.5, base_size=128,
+               extra_filters=(256,), sizes=None, ratios=((1, 2, 0.5),), **kwargs):
+    """A GluonCV ``SSD`` over a (width-scaled) GluonCV ``ResNetV1b``, for small images.
+
+    The SSD detects on C3, C4 and C5 of the ResNet (strides 8, 16, 32) plus one
+    GluonCV extra layer per ``extra_filters`` entry (1x1 transition + 3x3
+    stride-2 conv, BatchNorm; stride 64 for the default one), the way
+    ``ssd_512_resnet50_v1`` appends layers to its base network. Anchors are
+    GluonCV's ``SSDAnchorGenerator``: layer ``i`` has squares of side
+    ``sizes[i]`` and ``sqrt(sizes[i] * sizes[i + 1])`` and ``sizes[i]`` at the
+    other ``ratios``; default ``sizes``: ``(3/32, 3/16, 3/8, 3/4, 5/4) *
+    base_size``, i.e. sides 12, 17, 24, 34, 48, 68, 96, 124 px at 128 px, for
+    objects of 12-64 px in 128x128 images (the synthetic shapes of the
+    RetinaNet demo), ResNet-18 at half width by default. ``kwargs`` go to ``gluoncv.model_zoo.ssd.SSD``
+    (``nms_thresh``, ``post_nms``, ...); the backbone uses batch statistics
+    (trained from scratch). Parameters are not initialized.
+    """
+    from gluoncv.model_zoo.ssd import SSD
+    from .retinanet import scaled_resnet_v1b, stage_output_names
+    base = scaled_resnet_v1b(backbone, width, dilated=False, use_global_stats=False)
+    num_layers = 3 + len(extra_filters)
+    if sizes is None:
+        sizes = [base_size * 3 / 32 * 2 ** i for i in range(num_layers)] + [base_size * 1.25]
+    if len(sizes) != num_layers + 1:
+        raise ValueError('sizes needs %d entries (one per output layer + 1), got %d'
+                         % (num_layers + 1, len(sizes)))
+    ratios = [list(r) for r in ratios]
+    if len(ratios) == 1:
+        ratios = ratios * num_layers
+    steps = [8 * 2 ** i for i in range(num_layers)]
+    with warnings.catch_warnings():  # SymbolBlock's "Cannot decide type" for 'data'
+        warnings.simplefilter('ignore', UserWarning)
+        return SSD(base, base_size, features=stage_output_names(base),
+                   num_filters=list(extra_filters), sizes=list(sizes), ratios=ratios,
+                   steps=steps, classes=tuple(classes), pretrained=False,
+                   min_depth=min(extra_filters or (128,)) // 2,
+                   anchor_alloc_size=max(32, base_size // steps[0] * 2), **kwargs)
 
 
 def zoo_ssd(name, classes, ctx=None, pretrained_base=False):

@@ -3,10 +3,14 @@
 This script follows GluonCV's ``scripts/detection/ssd/train_ssd.py``; what
 focal loss changes is the loss object, the classifier's initialisation
 (``init_focal_bias``) and scoring with sigmoids at inference (``SigmoidSSD``).
-With the defaults it trains a tiny SSD (:func:`gluon_focal.detection.tiny_ssd`)
-on 192x192 images of the synthetic shapes in a few minutes on a CPU;
-``--network`` takes GluonCV's model-zoo SSDs, built offline for the dataset's
-classes (``pretrained_base=False`` unless ``--pretrained-base``).
+With the defaults it trains, from scratch, GluonCV's ``SSD`` over a ResNet-18
+at half width (:func:`gluon_focal.detection.resnet_ssd`: C3-C5 + one extra
+layer, anchors of 12-124 px) on 1024 128x128 images of the synthetic shapes
+(objects of 12-64 px), Adam with warm-up and cosine decay, 6 epochs: a few
+minutes on 2 CPU cores (docs/detection.md has the focal vs SSDMultiBoxLoss
+table). ``--network tiny`` is :func:`gluon_focal.detection.tiny_ssd`;
+``--network`` also takes GluonCV's model-zoo SSDs, built offline for the
+dataset's classes (``pretrained_base=False`` unless ``--pretrained-base``).
 
 Examples::
 
@@ -15,7 +19,8 @@ Examples::
     python examples/train_ssd.py --loss multibox --out-dir runs/ssd_multibox
 
     # a GluonCV model-zoo SSD (VGG16-atrous 300, ResNet-50 512, MobileNet 512, ...)
-    python examples/train_ssd.py --network ssd_300_vgg16_atrous_voc --lr 0.001
+    python examples/train_ssd.py --network ssd_300_vgg16_atrous_voc --optimizer sgd --lr 0.001 \
+        --wd 5e-4
 
     # continue an interrupted run; a larger --epochs extends the schedule
     python examples/train_ssd.py --out-dir runs/ssd_focal --resume
@@ -67,6 +72,14 @@ from gluon_focal.training import (CheckpointManager, add_detection_data_args,
 # ---------------------------------------------------------------------------
 # 1. Arguments
 # ---------------------------------------------------------------------------
+# The default box-loss weight of each loss: with adam it only sets how much the box
+# gradient shapes the shared backbone (each predictor's updates are scale-free), and
+# the focal classification gradient on the backbone is ~5x smaller than that of
+# SSDMultiBoxLoss's softmax + hard negatives; each value is the best of the same sweep
+# (1, 1/2, ..., 1/64) on the synthetic shapes (docs/detection.md).
+BOX_WEIGHT = {'focal': 1 / 64., 'multibox': 0.25}
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -90,8 +103,11 @@ def parse_args(argv=None):
                        help='focal: SSDFocalMultiBoxLoss; multibox: gluoncv SSDMultiBoxLoss')
     optim.add_argument('--alpha', type=float, default=0.25, help='focal alpha')
     optim.add_argument('--gamma', type=float, default=2.0, help='focal gamma')
-    optim.add_argument('--box-weight', type=float, default=1.0,
-                       help="box loss weight (SSDMultiBoxLoss's lambd)")
+    optim.add_argument('--box-weight', type=float, default=None,
+                       help="box loss weight (SSDMultiBoxLoss's lambd, GluonCV's default 1); "
+                            'None: %s for focal, %s for multibox, each loss\'s best on the '
+                            'synthetic shapes with adam (docs/detection.md)'
+                            % (BOX_WEIGHT['focal'], BOX_WEIGHT['multibox']))
     optim.add_argument('--logit-std', type=float, default=0.01,
                        help='focal: initial spread of the class logits (init_focal_bias); '
                             '0 sets the prior bias only')
@@ -109,6 +125,8 @@ def parse_args(argv=None):
     optim.add_argument('--warmup-epochs', type=float, default=1.0,
                        help='linear learning-rate warm-up, then cosine decay')
     args = parser.parse_args(argv)
+    if args.box_weight is None:
+        args.box_weight = BOX_WEIGHT[args.loss]
     if args.data_shape is None:  # the zoo name's size (ssd_300_...), else 128
         size = args.network.split('_')[1:2]
         args.data_shape = int(size[0]) if size and size[0].isdigit() else 128

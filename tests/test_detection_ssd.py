@@ -286,6 +286,18 @@ def test_train_ssd_example_runs_and_resumes(tmp_path, loss):
     assert history['val_mAP'][:2] == first['history']['val_mAP']
 
 
+def test_train_ssd_example_defaults():
+    """The default network is resnet_ssd at 128 px; each loss has its own default box
+    weight (the best of one sweep), and an explicit --box-weight wins."""
+    example = _load_example()
+    focal, multibox = (example.parse_args(['--loss', loss]) for loss in ('focal', 'multibox'))
+    assert (focal.network, focal.data_shape, focal.optimizer) == ('resnet18_v1b', 128, 'adam')
+    assert focal.box_weight == example.BOX_WEIGHT['focal'] < 1
+    assert multibox.box_weight == example.BOX_WEIGHT['multibox'] < 1
+    assert example.parse_args(['--loss', 'focal', '--box-weight', '1']).box_weight == 1
+    assert example.parse_args(['--network', 'ssd_300_vgg16_atrous_voc']).data_shape == 300
+
+
 @pytest.mark.parametrize('network', ['ssd_512_mobilenet1.0_voc', 'ssd_512_resnet50_v1_custom'])
 def test_train_ssd_example_zoo_network_offline(tmp_path, network):
     """GluonCV zoo SSDs (a preset with reset_class, a _custom one) train offline."""

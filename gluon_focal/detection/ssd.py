@@ -430,6 +430,10 @@ def resnet_ssd(classes, backbone='resnet18_v1b', width=0.5, base_size=128,
     if len(ratios) == 1:
         ratios = ratios * num_layers
     steps = [8 * 2 ** i for i in range(num_layers)]
+    # a fixed prefix: the extra layers' parameter names (inside GluonCV's FeatureExpander,
+    # a SymbolBlock) would otherwise carry a per-process counter (ssd0_, ssd1_, ...), and a
+    # checkpoint would not load into a second network built in the same process
+    kwargs.setdefault('prefix', 'ssd_')
     with warnings.catch_warnings():  # SymbolBlock's "Cannot decide type" for 'data'
         warnings.simplefilter('ignore', UserWarning)
         return SSD(base, base_size, features=stage_output_names(base),

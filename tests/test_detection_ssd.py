@@ -298,9 +298,10 @@ def test_train_ssd_example_defaults():
     assert example.parse_args(['--network', 'ssd_300_vgg16_atrous_voc']).data_shape == 300
 
 
-@pytest.mark.parametrize('network', ['ssd_512_mobilenet1.0_voc', 'ssd_512_resnet50_v1_custom'])
+@pytest.mark.parametrize('network', ['ssd_512_mobilenet1.0_voc', 'ssd_512_resnet50_v1_custom',
+                                     'tiny'])
 def test_train_ssd_example_zoo_network_offline(tmp_path, network):
-    """GluonCV zoo SSDs (a preset with reset_class, a _custom one) train offline."""
+    """GluonCV zoo SSDs (a preset with reset_class, a _custom one) and tiny_ssd train offline."""
     import os
     example = _load_example()
     args = example.parse_args(['--network', network, '--data-shape', '96', '--num-train', '1',

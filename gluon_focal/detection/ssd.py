@@ -64,7 +64,8 @@ score threshold (0.01) and NMS as GluonCV.  In training mode it returns
     detector = SigmoidSSD(net)          # net: a focal-trained gluoncv SSD
     ids, scores, bboxes = detector(x)   # scores are per-class sigmoid probabilities
 
-A small SSD for quick experiments on CPU is provided by :func:`tiny_ssd`.
+Two small SSDs for CPU training: :func:`resnet_ssd` (GluonCV's ``SSD`` over a
+width-scaled ResNet, the default of ``examples/train_ssd.py``) and :func:`tiny_ssd`.
 """
 import warnings
 

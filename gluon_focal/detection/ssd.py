@@ -407,16 +407,38 @@ def resnet_ssd(classes, backbone='resnet18_v1b', width=0.5, base_size=128,
 
     The SSD detects on C3, C4 and C5 of the ResNet (strides 8, 16, 32) plus one
     GluonCV extra layer per ``extra_filters`` entry (1x1 transition + 3x3
-    stride-2 conv, BatchNorm; stride 64 for the default one), the way
-    ``ssd_512_resnet50_v1`` appends layers to its base network. Anchors are
-    GluonCV's ``SSDAnchorGenerator``: layer ``i`` has squares of side
-    ``sizes[i]`` and ``sqrt(sizes[i] * sizes[i + 1])`` and ``sizes[i]`` at the
-    other ``ratios``; default ``sizes``: ``(3/32, 3/16, 3/8, 3/4, 5/4) *
-    base_size``, i.e. sides 12, 17, 24, 34, 48, 68, 96, 124 px at 128 px, for
-    objects of 12-64 px in 128x128 images (the synthetic shapes of the
-    RetinaNet demo), ResNet-18 at half width by default. ``kwargs`` go to ``gluoncv.model_zoo.ssd.SSD``
-    (``nms_thresh``, ``post_nms``, ...); the backbone uses batch statistics
-    (trained from scratch). Parameters are not initialized.
+    stride-2 conv, BatchNorm; strides 64, 128, ...), the way
+    ``ssd_512_resnet50_v1`` appends layers to its base network; anchors are
+    GluonCV's ``SSDAnchorGenerator``. The defaults (ResNet-18 at half width,
+    128x128 input, anchor squares of 12, 17, 24, 34, 48, 68, 96 and 124 px)
+    suit objects of 12-64 px in 128x128 images, the synthetic shapes of the
+    demos; ``examples/train_ssd.py`` trains it by default.
+
+    Parameters
+    ----------
+    classes : sequence of str
+        Foreground class names.
+    backbone : str
+        A GluonCV ResNetV1b name (``resnet18_v1b``, ``resnet50_v1b``, ...).
+    width : float
+        Multiply the stage widths (:func:`~gluon_focal.detection.retinanet.scaled_resnet_v1b`;
+        1 is the standard network).
+    base_size : int
+        Input side the anchors are laid out for.
+    extra_filters : sequence of int
+        Channels of the extra layers after C5.
+    sizes : sequence of float, optional
+        ``len(extra_filters) + 4`` anchor sizes in pixels: output layer ``i`` has
+        squares of side ``sizes[i]`` and ``sqrt(sizes[i] * sizes[i + 1])`` and
+        ``sizes[i]`` at the other ``ratios``. Default ``(3/32, 3/16, 3/8, ...,
+        5/4) * base_size`` (doubling per layer, the last ``5/4 * base_size``).
+    ratios : sequence of sequences of float
+        Anchor aspect ratios, one list per output layer or one for all.
+    **kwargs
+        Passed to ``gluoncv.model_zoo.ssd.SSD`` (``nms_thresh``, ``post_nms``, ...).
+
+    The backbone uses batch statistics (trained from scratch, no pretrained
+    weights). Parameters are not initialized.
     """
     from gluoncv.model_zoo.ssd import SSD
     from .retinanet import scaled_resnet_v1b, stage_output_names
@@ -440,7 +462,6 @@ def resnet_ssd(classes, backbone='resnet18_v1b', width=0.5, base_size=128,
         return SSD(base, base_size, features=stage_output_names(base),
                    num_filters=list(extra_filters), sizes=list(sizes), ratios=ratios,
                    steps=steps, classes=tuple(classes), pretrained=False,
-                   min_depth=min(extra_filters or (128,)) // 2,
                    anchor_alloc_size=max(32, base_size // steps[0] * 2), **kwargs)
 
 

@@ -74,7 +74,7 @@ from gluon_focal.training import (CheckpointManager, add_detection_data_args,
 # ---------------------------------------------------------------------------
 # The default box-loss weight of each loss: with adam it only sets how much the box
 # gradient shapes the shared backbone (each predictor's updates are scale-free), and
-# the focal classification gradient on the backbone is ~5x smaller than that of
+# the focal classification gradient on the backbone is 5-8x smaller than that of
 # SSDMultiBoxLoss's softmax + hard negatives; each value is the best of one sweep over
 # powers of 2 on the synthetic shapes (focal: a plateau from 1/32 to 1/256; docs/detection.md).
 BOX_WEIGHT = {'focal': 1 / 64., 'multibox': 0.25}

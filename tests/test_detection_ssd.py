@@ -337,6 +337,8 @@ def test_resnet_ssd_layout_and_anchors():
                                               [side / 2 ** 0.5, side * 2 ** 0.5]], rtol=1e-5)
     with pytest.raises(ValueError, match='sizes needs 5 entries'):
         resnet_ssd(CLASSES, sizes=(12, 24, 48))
+    with pytest.raises(ValueError, match="backbone='resnet18' is not a GluonCV ResNetV1b"):
+        resnet_ssd(CLASSES, 'resnet18')
 
 
 def test_zoo_ssd_classes_and_errors():

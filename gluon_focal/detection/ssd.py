@@ -441,7 +441,10 @@ def resnet_ssd(classes, backbone='resnet18_v1b', width=0.5, base_size=128,
     weights). Parameters are not initialized.
     """
     from gluoncv.model_zoo.ssd import SSD
-    from .retinanet import scaled_resnet_v1b, stage_output_names
+    from .retinanet import _RESNET_V1B_SPECS, scaled_resnet_v1b, stage_output_names
+    if backbone not in _RESNET_V1B_SPECS:
+        raise ValueError('backbone=%r is not a GluonCV ResNetV1b; expected one of %s'
+                         % (backbone, ', '.join(sorted(_RESNET_V1B_SPECS))))
     base = scaled_resnet_v1b(backbone, width, dilated=False, use_global_stats=False)
     num_layers = 3 + len(extra_filters)
     if sizes is None:

@@ -3,10 +3,14 @@
 This script follows GluonCV's ``scripts/detection/ssd/train_ssd.py``; what
 focal loss changes is the loss object, the classifier's initialisation
 (``init_focal_bias``) and scoring with sigmoids at inference (``SigmoidSSD``).
-With the defaults it trains a tiny SSD (:func:`gluon_focal.detection.tiny_ssd`)
-on 192x192 images of the synthetic shapes in a few minutes on a CPU;
-``--network`` takes GluonCV's model-zoo SSDs, built offline for the dataset's
-classes (``pretrained_base=False`` unless ``--pretrained-base``).
+With the defaults it trains, from scratch, GluonCV's ``SSD`` over a ResNet-18
+at half width (:func:`gluon_focal.detection.resnet_ssd`: C3-C5 + one extra
+layer, anchors of 12-124 px) on 1024 128x128 images of the synthetic shapes
+(objects of 12-64 px), Adam with warm-up and cosine decay, 6 epochs: a few
+minutes on 2 CPU cores (docs/detection.md has the focal vs SSDMultiBoxLoss
+table). ``--network tiny`` is :func:`gluon_focal.detection.tiny_ssd`;
+``--network`` also takes GluonCV's model-zoo SSDs, built offline for the
+dataset's classes (``pretrained_base=False`` unless ``--pretrained-base``).
 
 Examples::
 
@@ -15,7 +19,8 @@ Examples::
     python examples/train_ssd.py --loss multibox --out-dir runs/ssd_multibox
 
     # a GluonCV model-zoo SSD (VGG16-atrous 300, ResNet-50 512, MobileNet 512, ...)
-    python examples/train_ssd.py --network ssd_300_vgg16_atrous_voc --lr 0.001
+    python examples/train_ssd.py --network ssd_300_vgg16_atrous_voc --optimizer sgd --lr 0.001 \
+        --wd 5e-4
 
     # continue an interrupted run; a larger --epochs extends the schedule
     python examples/train_ssd.py --out-dir runs/ssd_focal --resume
@@ -56,7 +61,7 @@ try:
 except ImportError:  # running from a source checkout without `pip install -e .`
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 from gluon_focal.detection import (SSDFocalMultiBoxLoss, SigmoidSSD, init_focal_bias,
-                                   ssd_anchors, tiny_ssd, zoo_ssd)
+                                   resnet_ssd, ssd_anchors, tiny_ssd, zoo_ssd)
 from gluon_focal.distributed import create_kvstore, rank_and_size, shard
 from gluon_focal.training import (CheckpointManager, add_detection_data_args,
                                   add_training_args, contexts_from_args, detection_datasets,
@@ -67,18 +72,30 @@ from gluon_focal.training import (CheckpointManager, add_detection_data_args,
 # ---------------------------------------------------------------------------
 # 1. Arguments
 # ---------------------------------------------------------------------------
+# The default box-loss weight of each loss: with adam it only sets how much the box
+# gradient shapes the shared backbone (each predictor's updates are scale-free), and
+# the focal classification gradient on the backbone is 5-8x smaller than that of
+# SSDMultiBoxLoss's softmax + hard negatives; each value is the best of one sweep over
+# powers of 2 on the synthetic shapes (focal: a plateau from 1/32 to 1/256; docs/detection.md).
+BOX_WEIGHT = {'focal': 1 / 64., 'multibox': 0.25}
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_training_args(parser, epochs=12, batch_size=16, lr=0.02, out_dir='runs/ssd')
-    add_detection_data_args(parser, num_train=480, num_val=160, data_shape=None,
-                            min_object_size=8)
+    add_training_args(parser, epochs=6, batch_size=8, lr=0.002, out_dir='runs/ssd')
+    add_detection_data_args(parser, num_train=1024, num_val=200, data_shape=None,
+                            min_object_size=12)
     model = parser.add_argument_group('model')
-    model.add_argument('--network', type=str, default='tiny',
-                       help="'tiny' (gluon_focal.detection.tiny_ssd) or a GluonCV model-zoo "
+    model.add_argument('--network', type=str, default='resnet18_v1b',
+                       help='a GluonCV ResNetV1b name (resnet18_v1b, resnet50_v1b, ...: '
+                            'gluon_focal.detection.resnet_ssd, anchors sized to the input), '
+                            "'tiny' (gluon_focal.detection.tiny_ssd) or a GluonCV model-zoo "
                             'SSD, e.g. ssd_300_vgg16_atrous_voc, ssd_512_resnet50_v1_custom, '
                             'ssd_512_mobilenet1.0_voc (its layout only: built for the '
                             "dataset's classes)")
+    model.add_argument('--backbone-width', type=float, default=0.5,
+                       help='ResNetV1b networks: multiply the stage widths (1: standard)')
     model.add_argument('--pretrained-base', action='store_true',
                        help='zoo networks: ImageNet base weights from ~/.mxnet/models')
     optim = parser.add_argument_group('loss and optimisation')
@@ -86,8 +103,11 @@ def parse_args(argv=None):
                        help='focal: SSDFocalMultiBoxLoss; multibox: gluoncv SSDMultiBoxLoss')
     optim.add_argument('--alpha', type=float, default=0.25, help='focal alpha')
     optim.add_argument('--gamma', type=float, default=2.0, help='focal gamma')
-    optim.add_argument('--box-weight', type=float, default=1.0,
-                       help="box loss weight (SSDMultiBoxLoss's lambd)")
+    optim.add_argument('--box-weight', type=float, default=None,
+                       help="box loss weight (SSDMultiBoxLoss's lambd, GluonCV's default 1); "
+                            'None: %s for focal, %s for multibox, each loss\'s best on the '
+                            'synthetic shapes with adam (docs/detection.md)'
+                            % (BOX_WEIGHT['focal'], BOX_WEIGHT['multibox']))
     optim.add_argument('--logit-std', type=float, default=0.01,
                        help='focal: initial spread of the class logits (init_focal_bias); '
                             '0 sets the prior bias only')
@@ -97,14 +117,19 @@ def parse_args(argv=None):
                        help="'ssd': GluonCV's full SSDDefaultTrainTransform (colour, expand, "
                             "crop, flip); 'light': colour + flip only (converges faster "
                             'in short runs)')
-    optim.add_argument('--wd', type=float, default=5e-4, help='weight decay')
-    optim.add_argument('--momentum', type=float, default=0.9, help='SGD momentum')
+    optim.add_argument('--optimizer', choices=('sgd', 'adam'), default='adam',
+                       help='adam trains the from-scratch CPU demo fastest; GluonCV trains '
+                            'its SSDs with sgd (lr 0.001, momentum 0.9, wd 5e-4)')
+    optim.add_argument('--wd', type=float, default=1e-4, help='weight decay')
+    optim.add_argument('--momentum', type=float, default=0.9, help='sgd momentum')
     optim.add_argument('--warmup-epochs', type=float, default=1.0,
                        help='linear learning-rate warm-up, then cosine decay')
     args = parser.parse_args(argv)
-    if args.data_shape is None:  # the zoo name's size (ssd_300_...), 192 for tiny
+    if args.box_weight is None:
+        args.box_weight = BOX_WEIGHT[args.loss]
+    if args.data_shape is None:  # the zoo name's size (ssd_300_...), else 128
         size = args.network.split('_')[1:2]
-        args.data_shape = int(size[0]) if size and size[0].isdigit() else 192
+        args.data_shape = int(size[0]) if size and size[0].isdigit() else 128
     return args
 
 
@@ -159,6 +184,9 @@ def get_network(args, classes, ctx):
     if args.network == 'tiny':
         net = tiny_ssd(classes, base_size=args.data_shape)
         net.initialize(mx.init.Xavier(), ctx=ctx)
+    elif not args.network.startswith('ssd_'):
+        net = resnet_ssd(classes, args.network, args.backbone_width, base_size=args.data_shape)
+        net.initialize(ctx=ctx)  # as GluonCV's train_ssd.py does
     else:  # initialized as GluonCV's train_ssd.py does
         net = zoo_ssd(args.network, classes, ctx=ctx, pretrained_base=args.pretrained_base)
     # A focal-trained head only learns the foreground columns: score them with
@@ -199,10 +227,12 @@ def train(args):
     else:
         loss_fn = gcv.loss.SSDMultiBoxLoss(lambd=args.box_weight)
     iters = len(train_loader)
-    schedule = warmup_cosine(args.lr, args.epochs, iters, args.warmup_epochs)
-    trainer = gluon.Trainer(net.collect_params(), 'sgd',
-                            {'wd': args.wd, 'momentum': args.momentum, 'lr_scheduler': schedule},
-                            kvstore=kv)
+    schedule = warmup_cosine(args.lr, args.epochs, iters, args.warmup_epochs,
+                             final_lr=args.lr * 0.01)
+    opt_params = {'learning_rate': args.lr, 'wd': args.wd, 'lr_scheduler': schedule}
+    if args.optimizer == 'sgd':
+        opt_params['momentum'] = args.momentum
+    trainer = gluon.Trainer(net.collect_params(), args.optimizer, opt_params, kvstore=kv)
     metric = detection_metric(args.dataset, val_set, classes, args.data_shape, args.out_dir)
 
     checkpoints = CheckpointManager(args.out_dir)

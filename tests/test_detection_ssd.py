@@ -286,9 +286,22 @@ def test_train_ssd_example_runs_and_resumes(tmp_path, loss):
     assert history['val_mAP'][:2] == first['history']['val_mAP']
 
 
-@pytest.mark.parametrize('network', ['ssd_512_mobilenet1.0_voc', 'ssd_512_resnet50_v1_custom'])
+def test_train_ssd_example_defaults():
+    """The default network is resnet_ssd at 128 px; each loss has its own default box
+    weight (the best of one sweep), and an explicit --box-weight wins."""
+    example = _load_example()
+    focal, multibox = (example.parse_args(['--loss', loss]) for loss in ('focal', 'multibox'))
+    assert (focal.network, focal.data_shape, focal.optimizer) == ('resnet18_v1b', 128, 'adam')
+    assert focal.box_weight == example.BOX_WEIGHT['focal'] < 1
+    assert multibox.box_weight == example.BOX_WEIGHT['multibox'] < 1
+    assert example.parse_args(['--loss', 'focal', '--box-weight', '1']).box_weight == 1
+    assert example.parse_args(['--network', 'ssd_300_vgg16_atrous_voc']).data_shape == 300
+
+
+@pytest.mark.parametrize('network', ['ssd_512_mobilenet1.0_voc', 'ssd_512_resnet50_v1_custom',
+                                     'tiny'])
 def test_train_ssd_example_zoo_network_offline(tmp_path, network):
-    """GluonCV zoo SSDs (a preset with reset_class, a _custom one) train offline."""
+    """GluonCV zoo SSDs (a preset with reset_class, a _custom one) and tiny_ssd train offline."""
     import os
     example = _load_example()
     args = example.parse_args(['--network', network, '--data-shape', '96', '--num-train', '1',
@@ -298,6 +311,34 @@ def test_train_ssd_example_zoo_network_offline(tmp_path, network):
     history = example.train(args)
     assert len(history['val_mAP']) == 1 and np.isfinite(history['loss']).all()
     assert os.path.getsize(os.path.join(str(tmp_path), 'curves.png')) > 0
+
+
+def test_resnet_ssd_layout_and_anchors():
+    """The example's default SSD: GluonCV's SSD over C3-C5 of a width-scaled
+    ResNetV1b + one extra layer, anchors sized to the input."""
+    from gluon_focal.detection import resnet_ssd
+    net = resnet_ssd(CLASSES, width=0.25, base_size=SIZE)
+    net.initialize()
+    with autograd.train_mode():
+        features = net.features(mx.nd.zeros((1, 3, SIZE, SIZE)))
+        cls_pred, box_pred, anchors = net(mx.nd.zeros((2, 3, SIZE, SIZE)))
+    # strides 8, 16, 32 (C3-C5) and 64 (the extra layer)
+    assert [f.shape[2] for f in features] == [SIZE // 8, SIZE // 16, SIZE // 32, SIZE // 64]
+    num = sum((SIZE // s) ** 2 for s in (8, 16, 32, 64)) * 4  # 2 squares + ratios 2, 1/2
+    assert anchors.shape == (1, num, 4)
+    assert cls_pred.shape == (2, num, len(CLASSES) + 1) and box_pred.shape == (2, num, 4)
+    # first location of the first layer: centre step / 2, squares of 3/32 and
+    # sqrt(3/32 * 3/16) of the input side, then ratio 2 (wider) and 1/2
+    first = anchors[0, :4].asnumpy()
+    side = SIZE * 3 / 32.
+    np.testing.assert_allclose(first[:, :2], 4.0)
+    np.testing.assert_allclose(first[:, 2:], [[side, side], [side * 2 ** 0.5] * 2,
+                                              [side * 2 ** 0.5, side / 2 ** 0.5],
+                                              [side / 2 ** 0.5, side * 2 ** 0.5]], rtol=1e-5)
+    with pytest.raises(ValueError, match='sizes needs 5 entries'):
+        resnet_ssd(CLASSES, sizes=(12, 24, 48))
+    with pytest.raises(ValueError, match="backbone='resnet18' is not a GluonCV ResNetV1b"):
+        resnet_ssd(CLASSES, 'resnet18')
 
 
 def test_zoo_ssd_classes_and_errors():

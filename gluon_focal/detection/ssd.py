@@ -64,7 +64,8 @@ score threshold (0.01) and NMS as GluonCV.  In training mode it returns
     detector = SigmoidSSD(net)          # net: a focal-trained gluoncv SSD
     ids, scores, bboxes = detector(x)   # scores are per-class sigmoid probabilities
 
-A small SSD for quick experiments on CPU is provided by :func:`tiny_ssd`.
+Two small SSDs for CPU training: :func:`resnet_ssd` (GluonCV's ``SSD`` over a
+width-scaled ResNet, the default of ``examples/train_ssd.py``) and :func:`tiny_ssd`.
 """
 import warnings
 
@@ -77,7 +78,7 @@ from .loss import DenseDetectionLoss, _as_list
 from .postprocess import batch_gather, classwise_nms, threshold_topk
 
 __all__ = ['SSDFocalMultiBoxLoss', 'SigmoidSSD', 'init_focal_bias', 'tiny_ssd',
-           'TinySSDBackbone', 'ssd_anchors', 'zoo_ssd']
+           'TinySSDBackbone', 'resnet_ssd', 'ssd_anchors', 'zoo_ssd']
 
 
 class SSDFocalMultiBoxLoss(DenseDetectionLoss):
@@ -398,6 +399,73 @@ def tiny_ssd(classes, base_size=192, channels=(16, 32, 64, 96, 128, 128), num_ou
     return SSD(None, base_size, features=features, num_filters=None, sizes=sizes,
                ratios=ratios, steps=steps, classes=tuple(classes), pretrained=False,
                anchor_alloc_size=max(32, base_size // steps[0] * 2), **kwargs)
+
+
+def resnet_ssd(classes, backbone='resnet18_v1b', width=0.5, base_size=128,
+               extra_filters=(256,), sizes=None, ratios=((1, 2, 0.5),), **kwargs):
+    """A GluonCV ``SSD`` over a (width-scaled) GluonCV ``ResNetV1b``, for small images.
+
+    The SSD detects on C3, C4 and C5 of the ResNet (strides 8, 16, 32) plus one
+    GluonCV extra layer per ``extra_filters`` entry (1x1 transition + 3x3
+    stride-2 conv, BatchNorm; strides 64, 128, ...), the way
+    ``ssd_512_resnet50_v1`` appends layers to its base network; anchors are
+    GluonCV's ``SSDAnchorGenerator``. The defaults (ResNet-18 at half width,
+    128x128 input, anchor squares of 12, 17, 24, 34, 48, 68, 96 and 124 px)
+    suit objects of 12-64 px in 128x128 images, the synthetic shapes of the
+    demos; ``examples/train_ssd.py`` trains it by default.
+
+    Parameters
+    ----------
+    classes : sequence of str
+        Foreground class names.
+    backbone : str
+        A GluonCV ResNetV1b name (``resnet18_v1b``, ``resnet50_v1b``, ...).
+    width : float
+        Multiply the stage widths (:func:`~gluon_focal.detection.retinanet.scaled_resnet_v1b`;
+        1 is the standard network).
+    base_size : int
+        Input side the anchors are laid out for.
+    extra_filters : sequence of int
+        Channels of the extra layers after C5.
+    sizes : sequence of float, optional
+        ``len(extra_filters) + 4`` anchor sizes in pixels: output layer ``i`` has
+        squares of side ``sizes[i]`` and ``sqrt(sizes[i] * sizes[i + 1])`` and
+        ``sizes[i]`` at the other ``ratios``. Default ``(3/32, 3/16, 3/8, ...,
+        5/4) * base_size`` (doubling per layer, the last ``5/4 * base_size``).
+    ratios : sequence of sequences of float
+        Anchor aspect ratios, one list per output layer or one for all.
+    **kwargs
+        Passed to ``gluoncv.model_zoo.ssd.SSD`` (``nms_thresh``, ``post_nms``, ...).
+
+    The backbone uses batch statistics (trained from scratch, no pretrained
+    weights). Parameters are not initialized.
+    """
+    from gluoncv.model_zoo.ssd import SSD
+    from .retinanet import _RESNET_V1B_SPECS, scaled_resnet_v1b, stage_output_names
+    if backbone not in _RESNET_V1B_SPECS:
+        raise ValueError('backbone=%r is not a GluonCV ResNetV1b; expected one of %s'
+                         % (backbone, ', '.join(sorted(_RESNET_V1B_SPECS))))
+    base = scaled_resnet_v1b(backbone, width, dilated=False, use_global_stats=False)
+    num_layers = 3 + len(extra_filters)
+    if sizes is None:
+        sizes = [base_size * 3 / 32 * 2 ** i for i in range(num_layers)] + [base_size * 1.25]
+    if len(sizes) != num_layers + 1:
+        raise ValueError('sizes needs %d entries (one per output layer + 1), got %d'
+                         % (num_layers + 1, len(sizes)))
+    ratios = [list(r) for r in ratios]
+    if len(ratios) == 1:
+        ratios = ratios * num_layers
+    steps = [8 * 2 ** i for i in range(num_layers)]
+    # a fixed prefix: the extra layers' parameter names (inside GluonCV's FeatureExpander,
+    # a SymbolBlock) would otherwise carry a per-process counter (ssd0_, ssd1_, ...), and a
+    # checkpoint would not load into a second network built in the same process
+    kwargs.setdefault('prefix', 'ssd_')
+    with warnings.catch_warnings():  # SymbolBlock's "Cannot decide type" for 'data'
+        warnings.simplefilter('ignore', UserWarning)
+        return SSD(base, base_size, features=stage_output_names(base),
+                   num_filters=list(extra_filters), sizes=list(sizes), ratios=ratios,
+                   steps=steps, classes=tuple(classes), pretrained=False,
+                   anchor_alloc_size=max(32, base_size // steps[0] * 2), **kwargs)
 
 
 def zoo_ssd(name, classes, ctx=None, pretrained_base=False):

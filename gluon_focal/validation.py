@@ -19,6 +19,8 @@ is only built when something is wrong), inside symbolic graphs by the
 (``validate='1'``). :class:`gluon_focal.FocalLoss`, the segmentation loss and
 :class:`~gluon_focal.segmentation.SigmoidSegmentationMetric` all call this module.
 """
+import atexit
+import ctypes
 import warnings
 from collections import namedtuple
 
@@ -336,7 +338,7 @@ def check_values(pred, label, rules):
 
 # -- inside symbolic graphs -----------------------------------------------------------------------
 VALIDATE_OP = 'gluon_focal_validate'
-_CHECK_CHUNK = 1 << 18   # label elements copied to the host at a time
+_CHECK_CHUNK = 1 << 18   # label elements checked at a time
 
 
 def validate_symbol(F, pred, label, rules):
@@ -363,6 +365,27 @@ def check_numpy_values(pred, label, rules):
         raise error
 
 
+def host_values(array):
+    """A read-only numpy view of an NDArray in host memory (no copy, and no engine
+    call: a custom operator's inputs are ready when it runs); a copy for other devices."""
+    if array.size == 0 or array.context.device_type not in ('cpu', 'cpu_pinned', 'cpu_shared'):
+        return array.asnumpy()
+    pointer = ctypes.c_void_p()
+    mx.base.check_call(mx.base._LIB.MXNDArrayGetData(array.handle, ctypes.byref(pointer)))
+    dtype = np.dtype(array.dtype)
+    buffer = (ctypes.c_char * (array.size * dtype.itemsize)).from_address(pointer.value)
+    values = np.frombuffer(buffer, dtype=dtype).reshape(array.shape)
+    values.flags.writeable = False
+    return values
+
+
+def _inside_unit_interval(rules, values):
+    """Dense targets all in [0, 1]: two quick reductions accept them (NaN fails both
+    comparisons, and the full check then finds it)."""
+    return rules.mode == 'dense' and values.size > 0 and \
+        values.min() >= 0 and values.max() <= 1
+
+
 class ValidateOp(mx.operator.CustomOp):
     """Runs :func:`check_numpy_values` on (pred, label); outputs a float32 zero. MXNet
     prints the ValueError and fails the graph with an MXNetError at the next sync. Without
@@ -375,26 +398,36 @@ class ValidateOp(mx.operator.CustomOp):
     def forward(self, is_train, req, in_data, out_data, aux):
         # numpy on the host: engine operators pushed from inside a custom operator can
         # wait on the graph that runs it
-        pred, label = in_data
+        pred, label = [host_values(array) for array in in_data]
         if self.rules.from_sigmoid:
             axis = self.rules.axis % pred.ndim
-            check_numpy_values(pred.asnumpy(), label.asnumpy(), self.rules._replace(
+            check_numpy_values(pred, label, self.rules._replace(
                 axis=axis, num_class=pred.shape[axis]))
         else:   # pred is the class positions 0..C-1
             rules = self.rules._replace(num_class=pred.shape[0])
-            # label by slices of the batch: no label-sized copy while the graph's own
-            # tensors are alive; the message is built from the whole label
-            rows = label.shape[0] if label.ndim else 1
-            step = max(1, _CHECK_CHUNK * rows // max(label.size, 1))
-            for start in range(0, rows, step):
-                part = label[start:start + step] if label.ndim else label
-                if np.any(bad_label_mask(np, part.asnumpy(), rules)):
-                    raise label_error(label.asnumpy(), rules)
+            # in slices: the temporaries of the check stay small
+            flat = label.reshape(-1)
+            for start in range(0, flat.size, _CHECK_CHUNK):
+                part = flat[start:start + _CHECK_CHUNK]
+                if not _inside_unit_interval(rules, part) and \
+                        np.any(bad_label_mask(np, part, rules)):
+                    raise label_error(label, rules)
         self.assign(out_data[0], req[0], mx.nd.zeros((1,), ctx=out_data[0].context))
 
     def backward(self, req, out_grad, in_data, out_data, in_grad, aux):
         for i, grad in enumerate(in_grad):
             self.assign(grad, req[i], 0)
+
+
+@atexit.register
+def _finish_queued_work():
+    """MXNet's exit handler (registered earlier, so it runs after this one) can hang
+    when a validator node is still queued (a script that ends right after its last
+    backward pass): run the queued work first."""
+    try:
+        mx.nd.waitall()
+    except mx.base.MXNetError:   # a failure nobody waited for; the process is ending
+        pass
 
 
 @mx.operator.register(VALIDATE_OP)

@@ -130,7 +130,6 @@ def attach_gradient(F, value, gradient, carrier, weight=None):
 
 
 def focal_terms_probabilities(F, prob, target, gamma, eps):
-
     """(1 - p_t)^gamma * CE for targets in [0, 1], from probabilities (clipped to
     [eps, 1 - eps]; see :func:`clip_eps`)."""
     p = F.clip(prob, eps, 1 - eps)
@@ -174,15 +173,15 @@ def class_positions(F, pred, axis, dtype, to):
 
 def per_sample_sum(F, x, batch_axis, dtype, mean=False):
     """Sum (or mean) over every axis but ``batch_axis`` of ``x`` (of ``dtype``). For
-    batch_axis 0 it is a matrix-vector product with ones (or 1/size), several
-    times faster than MXNet's reduce."""
+    batch_axis 0 it is a matrix-vector product with ones, several times faster than
+    MXNet's reduce."""
     if batch_axis != 0:
         return (F.mean if mean else F.sum)(x, axis=batch_axis, exclude=True)
     rows = F.reshape(x, (0, -1))
     ones = F.ones_like(F.slice_axis(rows, axis=0, begin=0, end=1))
-    if mean:
-        ones = F.broadcast_div(ones, F.cast(F.size_array(ones), dtype=dtype))
-    return F.reshape(F.dot(rows, ones, transpose_b=True), (-1,))
+    total = F.reshape(F.dot(rows, ones, transpose_b=True), (-1,))
+    # the count divides the (N,) result: no second row-sized vector
+    return F.broadcast_div(total, F.cast(F.size_array(ones), dtype=dtype)) if mean else total
 
 
 def reduce_loss(F, loss, normalization, batch_axis, dtype, valid=None, num_positive=None):

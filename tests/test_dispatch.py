@@ -6,8 +6,9 @@ descriptor), and FocalLoss asks it with each call's ``pred.context``.
 import json
 
 import mxnet as mx
+import numpy as np
 import pytest
-from mxnet import gluon
+from mxnet import autograd, gluon
 
 import gluon_focal
 from gluon_focal import FocalLoss, kernel
@@ -89,3 +90,36 @@ def test_auto_on_cpu_arrays_runs_the_kernel():
     loss_fn(mx.nd.zeros((2, 3, 4, 4)), mx.nd.zeros((2, 4, 4)))
     assert loss_fn._runs == 'fused'
     assert gluon_focal.kernel.runs_on(mx.cpu()) and not gluon_focal.kernel.runs_on(GPU)
+
+
+def _composite_gradient(pred, label, nested, dtype='float32'):
+    loss_fn = FocalLoss(label_mode='dense', alpha=0.25, gamma=2.0, normalization='none',
+                        impl='composite')
+    block = Parent(loss_fn) if nested else loss_fn
+    block.hybridize()
+    x = mx.nd.array(pred, dtype=dtype)
+    x.attach_grad()
+    with autograd.record():
+        loss = block(x, mx.nd.array(label))
+    loss.backward()
+    return loss.asnumpy(), x.grad.asnumpy()
+
+
+def test_composite_gradient_of_huge_and_infinite_logits():
+    """The closed-form gradient is attached through clip(pred, -b, b): b = 1e38 for
+    float32 NDArrays, float16's largest value inside a parent's graph (README)."""
+    wrong_side = [[6e4, -6e4, 1e5, -1e5]]       # targets 0, 1, 0, 1: loss alpha_t |x|
+    label = [[0, 1, 0, 1]]
+    expected_loss = [[0.75 * 6e4, 0.25 * 6e4, 0.75 * 1e5, 0.25 * 1e5]]
+    loss, grad = _composite_gradient(wrong_side, label, nested=False)
+    np.testing.assert_allclose(loss, expected_loss, rtol=1e-6)
+    np.testing.assert_allclose(grad, [[0.75, -0.25, 0.75, -0.25]], rtol=1e-6)
+    loss, grad = _composite_gradient(wrong_side, label, nested=True)
+    np.testing.assert_allclose(loss, expected_loss, rtol=1e-6)
+    np.testing.assert_allclose(grad, [[0.75, -0.25, 0, 0]], rtol=1e-6)
+    for dtype in ('float16', 'float32'):      # inf and nan-free at float16's overflow
+        loss, grad = _composite_gradient([[np.inf, -np.inf, np.inf, 0.0]], [[1, 0, 0, 0.5]],
+                                         nested=True, dtype=dtype)
+        assert loss[0, 0] == 0 and loss[0, 1] == 0 and loss[0, 2] == np.inf, (dtype, loss)
+        assert np.isfinite(loss[0, 3]) and np.isfinite(grad).all(), (dtype, loss, grad)
+        assert (grad[0, :3] == 0).all(), (dtype, grad)   # inf: beyond the bound

@@ -28,16 +28,17 @@ _MODULATOR_FLOOR = 1e-30
 # and `log1p` are 2-20x slower than a product, so the graphs below avoid them.
 
 def sigmoid_parts(F, z):
-    """(sigmoid(z), sigmoid(-z), log(1 + exp(-|z|))) of logits ``z``, exact to float
-    precision for any z (two transcendentals: exp(-|z|) and a log)."""
+    """(q, 1 - q, log(1 + exp(-|z|))) with q = sigmoid(z), from logits ``z`` (two
+    transcendentals: exp(-|z|) and a log). q and the log are exact to float precision
+    for any z; 1 - q is exact to float precision in absolute terms, which is all its
+    uses need (it multiplies terms that are small next to q where q is near 1)."""
     e = F.exp(-F.abs(z))
     w = 1 + e
     r = 1 / w
-    above = z > 0
     # sigmoid(|z|) = r and sigmoid(-|z|) = e r; max(e, 1) = 1 picks r
-    sigmoid, sigmoid_negative = F.maximum(e, above) * r, F.maximum(e, 1 - above) * r
+    sigmoid = F.maximum(e, z > 0) * r
     # log1p(e) as log(w) plus the rounding error of w, which log(w) alone loses
-    return sigmoid, sigmoid_negative, F.log(w) + (e - (w - 1)) * r
+    return sigmoid, 1 - sigmoid, F.log(w) + (e - (w - 1)) * r
 
 
 def modulating_factor(F, one_minus_pt, gamma):

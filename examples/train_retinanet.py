@@ -167,6 +167,9 @@ def main(argv=None):
     # focal loss (sparse labels) + smooth L1, both per positive anchor of the batch
     loss_fn = RetinaNetLoss(num_class=len(classes), alpha=args.alpha, gamma=args.gamma,
                             box_weight=args.box_weight)
+    # hybridized, the focal loss checks its labels in the graph (the fused kernel
+    # checks every value it reads) instead of with a host sync per batch
+    loss_fn.hybridize(static_alloc=True, static_shape=True)
     iters = len(train_loader)
     schedule = warmup_cosine(args.lr, args.epochs, iters, args.warmup_epochs,
                              final_lr=args.lr * 0.01)

@@ -150,4 +150,6 @@ class RetinaNetTrainTransform(object):
             bbox = tbbox.flip(bbox, (self._width, self._height), flip_x=flips[0])
         img = mx.nd.image.normalize(mx.nd.image.to_tensor(img), mean=self._mean, std=self._std)
         cls_targets, box_targets = self._target_generator(self._anchors, bbox[:, :4], bbox[:, 4])
-        return img, mx.nd.array(cls_targets), mx.nd.array(box_targets)
+        # zero-copy: mx.nd.array would wait for the engine's queue (the training
+        # step this loader overlaps with)
+        return img, mx.nd.from_numpy(cls_targets), mx.nd.from_numpy(box_targets)

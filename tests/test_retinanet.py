@@ -141,6 +141,36 @@ def test_train_transform(net):
     assert iou.min() > 0.1
 
 
+def test_train_loader_queues_a_batch_without_host_sync(net, monkeypatch):
+    """The demo's loader overlaps the training step only if it never waits for the
+    engine: the cached synthetic image and the targets become arrays zero-copy
+    (``mx.nd.array`` syncs), the cache stays intact, the targets are the generator's."""
+    from gluoncv.data.batchify import Stack, Tuple
+    from gluon_focal.detection.data import SyntheticShapesDetection
+    anchors = net.get_anchors(SIZE, SIZE)
+    data = SyntheticShapesDetection(num_images=4, size=SIZE, seed=3, cache=True)
+    raw = [data[i] for i in range(4)]             # renders and caches
+    tf = RetinaNetTrainTransform(SIZE, SIZE, anchors, flip=False)
+    loader = gluon.data.DataLoader(data.transform(tf), 4, batchify_fn=Tuple(Stack(), Stack(),
+                                                                             Stack()))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError('host sync in the loader')
+    with monkeypatch.context() as patch:
+        patch.setattr(mx.nd.NDArray, 'asnumpy', refuse)
+        patch.setattr(mx.nd.NDArray, '_sync_copyfrom', refuse)
+        imgs, cls_t, box_t = next(iter(loader))
+    generator = RetinaNetTargetGenerator(stds=tf._target_generator.stds)
+    for i, (img, label) in enumerate(raw):
+        np.testing.assert_array_equal(data[i][0].asnumpy(), img.asnumpy())  # cache intact
+        cls_ref, box_ref = generator(anchors, label[:, :4], label[:, 4])
+        np.testing.assert_array_equal(cls_t[i].asnumpy(), cls_ref)
+        np.testing.assert_allclose(box_t[i].asnumpy(), box_ref, rtol=1e-6)
+        expected = mx.nd.image.normalize(mx.nd.image.to_tensor(img), mean=tf._mean,
+                                         std=tf._std)
+        np.testing.assert_allclose(imgs[i].asnumpy(), expected.asnumpy(), rtol=1e-6)
+
+
 # ---------------------------------------------------------------------------
 # model
 # ---------------------------------------------------------------------------

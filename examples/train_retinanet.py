@@ -52,7 +52,8 @@ from gluon_focal.distributed import create_kvstore, rank_and_size, shard
 from gluon_focal.training import (CheckpointManager, add_detection_data_args,
                                   add_training_args, contexts_from_args, detection_datasets,
                                   detection_metric, evaluate_detector, finish_detector_run,
-                                  plot_curves, resume, train_detector_epoch, warmup_cosine)
+                                  plot_curves, resume, stack_batchify, train_detector_epoch,
+                                  warmup_cosine)
 
 
 # ---------------------------------------------------------------------------
@@ -103,7 +104,7 @@ def get_loaders(args, net, train_set, val_set, kv):
     train_tf = RetinaNetTrainTransform(width, height, anchors, stds=net.stds)
     train_loader = gluon.data.DataLoader(
         shard(train_set, kv).transform(train_tf), args.batch_size, shuffle=True,
-        batchify_fn=Tuple(Stack(), Stack(), Stack()), last_batch='rollover',
+        batchify_fn=stack_batchify(args.num_workers), last_batch='rollover',
         num_workers=args.num_workers)
     val_loader = gluon.data.DataLoader(
         val_set.transform(SSDDefaultValTransform(width, height)), args.batch_size,

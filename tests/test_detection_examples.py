@@ -384,3 +384,19 @@ def test_train_epoch_per_sample_losses_average_over_the_global_batch(monkeypatch
     assert speed > 0
     with pytest.raises(ValueError, match='loader: no training batch'):
         training.train_epoch([], lambda x: ([x],), Trainer(), [mx.cpu()], 1, schedule, 0, '')
+
+
+def test_stack_batchify_plain_in_process_shared_for_workers():
+    """Both stack each field like GluonCV's Tuple(Stack(), ...); only worker
+    processes get shared memory (costly to allocate on every batch)."""
+    from gluoncv.data.batchify import Stack, Tuple
+    rng = np.random.RandomState(0)
+    samples = [(mx.nd.array(rng.rand(3, 4, 4)), mx.nd.array(rng.rand(5)),
+                mx.nd.array(rng.rand(5, 4))) for _ in range(3)]
+    expected = Tuple(Stack(), Stack(), Stack())(samples)
+    for workers, context in ((0, mx.cpu()), (2, mx.Context('cpu_shared', 0))):
+        batch = training.stack_batchify(workers)(samples)
+        assert len(batch) == 3
+        for got, want in zip(batch, expected):
+            assert got.context == context
+            np.testing.assert_array_equal(got.asnumpy(), want.asnumpy())

@@ -112,3 +112,41 @@ def test_smooth_l1_box_term_matches_formula():
         sl1 = np.where(d > rho, d - 0.5 * rho, 0.5 / rho * d ** 2) * (l.asnumpy() >= 0)[..., None]
         np.testing.assert_allclose(b.asnumpy(), sl1.sum(axis=(1, 2)) / num_pos, rtol=1e-5)
         np.testing.assert_allclose(t.asnumpy(), c.asnumpy() + weight * b.asnumpy(), rtol=1e-5)
+
+
+def _no_host_sync(monkeypatch):
+    """Make every device -> host read (and host -> device sync copy) fail."""
+    def refuse(*args, **kwargs):
+        raise AssertionError('host sync')
+    monkeypatch.setattr(mx.nd.NDArray, 'asnumpy', refuse)
+    monkeypatch.setattr(mx.nd.NDArray, '_sync_copyfrom', refuse)
+
+
+def test_hybridized_loss_trains_without_host_sync_and_still_checks_labels(monkeypatch):
+    """The training demo hybridizes the loss: the default normaliser is counted on
+    the devices and the labels are checked in the graph, so a batch queues without
+    waiting for the engine -- same values and gradients as imperatively."""
+    logits, boxes, labels, targets = _case(4)
+    results = []
+    for hybridize in (False, True):
+        loss = RetinaNetLoss(NUM_CLASS, box_weight=2.0)
+        if hybridize:
+            loss.hybridize(static_alloc=True, static_shape=True)
+            loss(logits, boxes, labels, targets)   # builds the graphs
+        for x in logits + boxes:
+            x.attach_grad()
+        with monkeypatch.context() as patch:
+            if hybridize:
+                _no_host_sync(patch)
+            with mx.autograd.record():
+                out = loss(logits, boxes, labels, targets)
+            mx.autograd.backward(out[0])
+        results.append(_values(out) + [[x.grad.asnumpy() for x in logits + boxes]])
+    for imperative, hybrid in zip(*results):
+        for a, b in zip(imperative, hybrid):
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+    bad = [l.copy() for l in labels]
+    bad[1][0, 0] = NUM_CLASS
+    with pytest.raises(mx.base.MXNetError, match='label'):
+        out = loss(logits, boxes, bad, targets)
+        mx.nd.waitall()

@@ -141,6 +141,60 @@ def test_train_transform(net):
     assert iou.min() > 0.1
 
 
+def test_train_transform_memoises_targets_per_boxes(net):
+    """Each (image, flip) is matched once: later epochs get the same targets from
+    the cache (fresh arrays, so the cached ones stay intact); a full cache or
+    ``target_cache_mb=0`` computes them every time."""
+    anchors = net.get_anchors(SIZE, SIZE)
+    generator = RetinaNetTargetGenerator()
+    rng = np.random.RandomState(1)
+    cases = [rng.uniform(0, SIZE / 2, (n, 2)) for n in (1, 3, 0)]
+    cases = [np.hstack([c, c + rng.uniform(4, SIZE / 2, c.shape), rng.randint(0, 3, (len(c), 1))])
+             .astype(np.float32) for c in cases]
+    for limit, stored in ((256, 3), (0, 0)):
+        tf = RetinaNetTrainTransform(SIZE, SIZE, anchors, target_cache_mb=limit)
+        for _ in range(2):
+            for label in cases:
+                cls_t, box_t = tf.targets(label[:, :4], label[:, 4])
+                cls_ref, box_ref = generator(anchors, label[:, :4], label[:, 4])
+                np.testing.assert_array_equal(cls_t, cls_ref)
+                np.testing.assert_array_equal(box_t, box_ref)
+                assert (cls_ref >= 0).any() == (len(label) > 0)
+                cls_t[:] = 7  # the caller owns the arrays it gets
+                box_t[:] = 7
+        assert len(tf._cache) == stored
+
+
+def test_train_loader_queues_a_batch_without_host_sync(net, monkeypatch):
+    """The demo's loader overlaps the training step only if it never waits for the
+    engine: the cached synthetic image and the targets become arrays zero-copy
+    (``mx.nd.array`` syncs), the cache stays intact, the targets are the generator's."""
+    from gluoncv.data.batchify import Stack, Tuple
+    from gluon_focal.detection.data import SyntheticShapesDetection
+    anchors = net.get_anchors(SIZE, SIZE)
+    data = SyntheticShapesDetection(num_images=4, size=SIZE, seed=3, cache=True)
+    raw = [data[i] for i in range(4)]             # renders and caches
+    tf = RetinaNetTrainTransform(SIZE, SIZE, anchors, flip=False)
+    loader = gluon.data.DataLoader(data.transform(tf), 4, batchify_fn=Tuple(Stack(), Stack(),
+                                                                             Stack()))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError('host sync in the loader')
+    with monkeypatch.context() as patch:
+        patch.setattr(mx.nd.NDArray, 'asnumpy', refuse)
+        patch.setattr(mx.nd.NDArray, '_sync_copyfrom', refuse)
+        imgs, cls_t, box_t = next(iter(loader))
+    generator = RetinaNetTargetGenerator(stds=tf._target_generator.stds)
+    for i, (img, label) in enumerate(raw):
+        np.testing.assert_array_equal(data[i][0].asnumpy(), img.asnumpy())  # cache intact
+        cls_ref, box_ref = generator(anchors, label[:, :4], label[:, 4])
+        np.testing.assert_array_equal(cls_t[i].asnumpy(), cls_ref)
+        np.testing.assert_allclose(box_t[i].asnumpy(), box_ref, rtol=1e-6)
+        expected = mx.nd.image.normalize(mx.nd.image.to_tensor(img), mean=tf._mean,
+                                         std=tf._std)
+        np.testing.assert_allclose(imgs[i].asnumpy(), expected.asnumpy(), rtol=1e-6)
+
+
 # ---------------------------------------------------------------------------
 # model
 # ---------------------------------------------------------------------------

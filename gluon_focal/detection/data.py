@@ -146,7 +146,9 @@ class SyntheticShapesDetection(gluon.data.Dataset):
                 self._cache[idx] = self.render(idx)
             img, label = self._cache[idx]
             label = label.copy()  # transforms may modify it
-        img = mx.nd.array(img, dtype='uint8')
+        # zero-copy (of a copy, so the cache stays intact): mx.nd.array would wait
+        # for the engine's queue, i.e. for the training step the loader overlaps
+        img = mx.nd.from_numpy(np.array(img, dtype=np.uint8))
         if self._transform is not None:
             return self._transform(img, label)
         return img, label

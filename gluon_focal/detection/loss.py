@@ -37,6 +37,17 @@ def count_positives(cls_targets):
     return max(1., float(sum(counts)))
 
 
+def _positives_on_devices(cls_targets):
+    """:func:`count_positives` as one ``(1,)`` array per device, computed there:
+    no host sync, so the training loop's Python runs ahead of the engine."""
+    counts = [(ct >= 0).sum() for ct in cls_targets]
+    per_device = []
+    for ct in cls_targets:
+        total = sum(c.as_in_context(ct.context) for c in counts)
+        per_device.append(nd.maximum(total, 1.).astype('float32'))
+    return per_device
+
+
 class DenseDetectionLoss(gluon.Block):
     """Focal classification on every non-ignored anchor + smooth-L1 box
     regression on positive anchors, normalised by the positives.
@@ -64,7 +75,8 @@ class DenseDetectionLoss(gluon.Block):
     ``forward(cls_preds, box_preds, cls_targets, box_targets, avg_factor=None)``:
     ``cls_preds (B, A, C)`` logits, ``box_preds``/``box_targets (B, A, 4)``,
     ``cls_targets (B, A)`` sparse labels, each an array or a list (one per
-    device); ``avg_factor`` defaults to :func:`count_positives` of ``cls_targets``.
+    device); ``avg_factor`` defaults to :func:`count_positives` of ``cls_targets``,
+    computed on the devices (no host sync).
     Returns ``(total, cls, box)``, three lists of ``(B,)`` per-image losses with
     ``total = cls + box_weight * box`` (GluonCV's ``SSDMultiBoxLoss`` convention).
     """
@@ -99,12 +111,14 @@ class DenseDetectionLoss(gluon.Block):
                              'entry per device each; got %s entries.'
                              % ', '.join(str(len(x)) for x in inputs))
         if avg_factor is None:
-            avg_factor = count_positives(inputs[2])
+            avg_factors = _positives_on_devices(inputs[2])
         elif not avg_factor > 0:
             raise ValueError('avg_factor=%r must be > 0 (the number of positive anchors, '
                              'at least 1).' % (avg_factor,))
+        else:
+            avg_factors = [avg_factor] * len(inputs[2])
         totals, cls_losses, box_losses = [], [], []
-        for cls_pred, box_pred, cls_target, box_target in zip(*inputs):
+        for cls_pred, box_pred, cls_target, box_target, avg_factor in zip(*inputs, avg_factors):
             cls_loss = self.focal(cls_pred, cls_target) / avg_factor
             pos_mask = (cls_target >= 0).astype(box_pred.dtype).expand_dims(-1)
             diff = (box_pred.reshape_like(box_target) - box_target) * pos_mask

@@ -123,16 +123,44 @@ class RetinaNetTrainTransform(object):
 
     Returns ``(img (3, H, W), cls_targets (N,), box_targets (N, 4))``.
     Difficult boxes are trained on like any other (as GluonCV's SSD does).
+
+    The targets depend only on the (resized, flipped) boxes, so they are
+    memoised per boxes -- each (image, flip) is matched once, not every epoch --
+    up to ``target_cache_mb`` megabytes (class targets + the positives' box
+    targets); 0 turns the cache off. Other keyword arguments go to
+    :class:`RetinaNetTargetGenerator`.
     """
 
     def __init__(self, width, height, anchors, mean=(0.485, 0.456, 0.406),
-                 std=(0.229, 0.224, 0.225), flip=True, color_jitter=False, **kwargs):
+                 std=(0.229, 0.224, 0.225), flip=True, color_jitter=False,
+                 target_cache_mb=256, **kwargs):
         self._width, self._height = width, height
         self._anchors = np.asarray(anchors, dtype=np.float32)
         self._mean, self._std = mean, std
         self._flip = flip
         self._color_jitter = color_jitter
         self._target_generator = RetinaNetTargetGenerator(**kwargs)
+        self._cache, self._cache_bytes = {}, 0
+        self._cache_limit = float(target_cache_mb) * 2 ** 20
+
+    def targets(self, gt_boxes, gt_ids):
+        """``(cls_targets, box_targets)`` of the generator for these boxes, memoised."""
+        gt_boxes = np.ascontiguousarray(gt_boxes, dtype=np.float32)
+        gt_ids = np.ascontiguousarray(gt_ids, dtype=np.float32)
+        key = (gt_boxes.shape, gt_boxes.tobytes(), gt_ids.tobytes())
+        entry = self._cache.get(key)
+        if entry is None:
+            cls_targets, box_targets = self._target_generator(self._anchors, gt_boxes, gt_ids)
+            positive = np.flatnonzero(cls_targets >= 0)  # box targets are zero elsewhere
+            entry = cls_targets, positive, box_targets[positive]
+            size = sum(a.nbytes for a in entry) + len(key[1]) + len(key[2])
+            if self._cache_bytes + size <= self._cache_limit:
+                self._cache[key] = entry
+                self._cache_bytes += size
+        cls_targets, positive, positive_boxes = entry
+        box_targets = np.zeros((len(cls_targets), 4), np.float32)
+        box_targets[positive] = positive_boxes
+        return cls_targets.copy(), box_targets
 
     def __call__(self, src, label):
         from gluoncv.data.transforms import bbox as tbbox, experimental, image as timage
@@ -149,5 +177,7 @@ class RetinaNetTrainTransform(object):
             img, flips = timage.random_flip(img, px=0.5)
             bbox = tbbox.flip(bbox, (self._width, self._height), flip_x=flips[0])
         img = mx.nd.image.normalize(mx.nd.image.to_tensor(img), mean=self._mean, std=self._std)
-        cls_targets, box_targets = self._target_generator(self._anchors, bbox[:, :4], bbox[:, 4])
-        return img, mx.nd.array(cls_targets), mx.nd.array(box_targets)
+        cls_targets, box_targets = self.targets(bbox[:, :4], bbox[:, 4])
+        # zero-copy: mx.nd.array would wait for the engine's queue (the training
+        # step this loader overlaps with)
+        return img, mx.nd.from_numpy(cls_targets), mx.nd.from_numpy(box_targets)

@@ -448,3 +448,29 @@ if __name__ == '__main__':
         fail_main()
     else:
         raise SystemExit('usage: test_distributed.py train OUTDIR | fail MARKER')
+
+
+@posix_only
+def test_a_signal_while_processes_start_stops_every_started_one(tmp_path, monkeypatch):
+    """SIGTERM arriving inside Popen (after the fork) used to lose that process, left
+    running: the launcher now notes signals until every Popen has returned."""
+    marker = str(tmp_path)
+    real_popen = L.subprocess.Popen
+    started = []
+
+    def popen_then_signal(*args, **kwargs):
+        proc = real_popen(*args, **kwargs)
+        started.append(proc)
+        if len(started) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)   # lands before Popen returns
+        return proc
+
+    monkeypatch.setattr(L.subprocess, 'Popen', popen_then_signal)
+    procs = [L.Proc('worker', i, [sys.executable, '-c', _SLEEPER, '60', marker], {})
+             for i in range(3)]
+    try:
+        assert L.run(procs, grace=1) == 128 + signal.SIGTERM
+        assert len(started) == 2 and all(p.poll() is not None for p in started)
+        assert not _no_leftovers(marker)
+    finally:
+        _kill_marked(marker)

@@ -241,7 +241,10 @@ def run(procs, timeout=None, grace=5.0, verbose=False):
     """Start ``procs``, wait for the workers, clean up; return the exit code."""
     in_main = threading.current_thread() is threading.main_thread()
     sigs = (signal.SIGINT, signal.SIGTERM) if in_main else ()
-    old = {s: signal.signal(s, _raise_stop) for s in sigs}
+    # while processes start, a signal is only noted: raised inside Popen it would
+    # lose the Popen object of a process that was already forked (left running)
+    deferred = []
+    old = {s: signal.signal(s, lambda signum, _frame: deferred.append(signum)) for s in sigs}
     deadline = None if not timeout else time.monotonic() + timeout
     try:
         for p in procs:
@@ -251,6 +254,12 @@ def run(procs, timeout=None, grace=5.0, verbose=False):
                 _log('start %s: %s' % (p.name, ' '.join(map(shlex.quote, p.argv))))
             p.popen = subprocess.Popen(p.argv, env=env, stdin=subprocess.DEVNULL,
                                        start_new_session=True)
+            if deferred:
+                break
+        for s in sigs:
+            signal.signal(s, _raise_stop)
+        if deferred:
+            raise _Stop(deferred[0])
         workers = [p for p in procs if p.role == 'worker']
         others = [p for p in procs if p.role != 'worker']
         pending = list(workers)

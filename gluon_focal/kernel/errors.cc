@@ -27,11 +27,14 @@ template struct PrivateAccess<ErrorListTag, &mxnet::ext::MXerrorMsgs::messages>;
 
 void report_error(const std::string& message) {
   static std::mutex lock;
+  static size_t retired = 0;
   std::lock_guard<std::mutex> guard(lock);
-  std::vector<std::stringstream*>& old =
+  std::vector<std::stringstream*>& earlier =
       mxnet::ext::MXerrorMsgs::get()->*member_of(ErrorListTag());
-  for (std::stringstream* m : old) delete m;   // MXNet has read them by now
-  old.clear();
+  // Earlier messages are swapped for empty ones, not removed or deleted: MXNet may
+  // still be reading the list for another thread's failure (a shorter list made
+  // its read throw out_of_range). The swapped-out messages stay allocated.
+  for (; retired < earlier.size(); ++retired) earlier[retired] = new std::stringstream();
   MX_ERROR_MSG << "gluon_focal_loss: " << message;
 }
 

@@ -49,11 +49,11 @@ except ImportError:  # running from a source checkout without `pip install -e .`
 from gluon_focal.detection.retinanet import RetinaNetLoss, get_retinanet
 from gluon_focal.detection.targets import RetinaNetTrainTransform
 from gluon_focal.distributed import create_kvstore, rank_and_size, shard
-from gluon_focal.training import (CheckpointManager, add_detection_data_args,
+from gluon_focal.training import (add_detection_data_args, add_optimizer_args,
                                   add_training_args, contexts_from_args, detection_datasets,
                                   detection_metric, evaluate_detector, finish_detector_run,
-                                  plot_curves, resume, stack_batchify, train_detector_epoch,
-                                  warmup_cosine)
+                                  make_trainer, plot_curves, stack_batchify, start_or_resume,
+                                  train_detector_epoch, warmup_cosine)
 
 
 # ---------------------------------------------------------------------------
@@ -80,11 +80,8 @@ def parse_args(argv=None):
     model.add_argument('--anchor-size', type=float, default=2,
                        help='anchor side in strides (paper: 4, i.e. 32 px on P3)')
     optim = parser.add_argument_group('optimisation')
-    optim.add_argument('--optimizer', choices=('sgd', 'adam'), default='adam',
-                       help='adam trains the from-scratch CPU demo fastest; the paper '
-                            'uses sgd (momentum 0.9, lr 0.01 for batch 16)')
-    optim.add_argument('--wd', type=float, default=1e-4, help='weight decay')
-    optim.add_argument('--momentum', type=float, default=0.9, help='sgd momentum')
+    add_optimizer_args(optim, 'adam trains the from-scratch CPU demo fastest; the paper '
+                              'uses sgd (momentum 0.9, lr 0.01 for batch 16)')
     optim.add_argument('--warmup-epochs', type=float, default=1.0,
                        help='linear learning-rate warm-up, then cosine decay')
     optim.add_argument('--alpha', type=float, default=0.25, help='focal loss alpha')
@@ -174,21 +171,12 @@ def main(argv=None):
     iters = len(train_loader)
     schedule = warmup_cosine(args.lr, args.epochs, iters, args.warmup_epochs,
                              final_lr=args.lr * 0.01)
-    opt_params = {'learning_rate': args.lr, 'wd': args.wd, 'lr_scheduler': schedule}
-    if args.optimizer == 'sgd':
-        opt_params['momentum'] = args.momentum
-    trainer = gluon.Trainer(net.collect_params(), args.optimizer, opt_params, kvstore=kv)
+    trainer = make_trainer(net, args, schedule, kv)
     metric = detection_metric(args.dataset, val_set, classes, args.data_shape, args.out_dir)
 
-    checkpoints = CheckpointManager(args.out_dir)
-    start_epoch, history = 0, {}
-    if args.resume:
-        start_epoch, history = resume(checkpoints, net, trainer, schedule, args.epochs, iters,
-                                      ctx)
-        log('resumed after epoch %d of %d' % (start_epoch, args.epochs) if start_epoch else
-            'nothing to resume, starting from scratch')
-    for key in ('loss', 'focal_loss', 'box_loss', 'val_mAP', 'images_per_s'):
-        history.setdefault(key, [])
+    checkpoints, start_epoch, history = start_or_resume(
+        args, net, trainer, schedule, iters, ctx, log,
+        ('loss', 'focal_loss', 'box_loss', 'val_mAP', 'images_per_s'))
 
     for epoch in range(start_epoch, args.epochs):  # epoch + 1 is its number
         loss, focal, box, speed = train_detector_epoch(

@@ -61,8 +61,9 @@ from gluon_focal.segmentation import (SegmentationBCELoss, SegmentationFocalLoss
                                       SigmoidSegmentationMetric, SyntheticSmallTargets,
                                       get_small_target_unet, sigmoid_to_two_class,
                                       voc_segmentation, write_voc_segmentation)
-from gluon_focal.training import (CheckpointManager, add_training_args, contexts_from_args,
-                                  finish_run, plot_curves, resume, save_figure, train_epoch)
+from gluon_focal.training import (add_optimizer_args, add_training_args, contexts_from_args,
+                                  finish_run, make_trainer, plot_curves, save_figure,
+                                  start_or_resume, train_epoch)
 from gluon_focal.validation import SEGMENTATION_IGNORE_LABEL as IGNORE_LABEL
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -118,10 +119,7 @@ def parse_args(argv=None):
                             'gradients well above the weight-decay term')
     optim.add_argument('--aux-weight', type=float, default=0.2,
                        help="weight of the auxiliary head's loss")
-    optim.add_argument('--optimizer', choices=('adam', 'sgd'), default='adam',
-                       help='the learning rate decays from --lr to 0 by poly (power 0.9)')
-    optim.add_argument('--wd', type=float, default=1e-4, help='weight decay')
-    optim.add_argument('--momentum', type=float, default=0.9, help='sgd momentum')
+    add_optimizer_args(optim, 'the learning rate decays from --lr to 0 by poly (power 0.9)')
     evaluation = parser.add_argument_group('evaluation')
     evaluation.add_argument('--threshold', type=float, default=0.5,
                             help='sigmoid probability above which a pixel is foreground')
@@ -333,21 +331,9 @@ def main(argv=None):
     # servers, which cannot import gluoncv
     schedule = mx.lr_scheduler.PolyScheduler(max_update=max(1, args.epochs * iters),
                                              base_lr=args.lr, pwr=0.9)
-    opt_params = {'learning_rate': args.lr, 'lr_scheduler': schedule, 'wd': args.wd}
-    if args.optimizer == 'sgd':
-        opt_params['momentum'] = args.momentum
-    trainer = gluon.Trainer(net.collect_params(), args.optimizer, opt_params, kvstore=kv)
-
-    # every worker resumes (so all run the same steps under dist_sync); the chief saves
-    checkpoints = CheckpointManager(args.out_dir)
-    start_epoch, history = 0, {}
-    if args.resume:
-        start_epoch, history = resume(checkpoints, net, trainer, schedule, args.epochs, iters,
-                                      ctx)
-        log('resumed after epoch %d of %d' % (start_epoch, args.epochs) if start_epoch else
-            'nothing to resume, starting from scratch')
-    for key in HISTORY:
-        history.setdefault(key, [])
+    trainer = make_trainer(net, args, schedule, kv)
+    checkpoints, start_epoch, history = start_or_resume(args, net, trainer, schedule, iters,
+                                                        ctx, log, HISTORY)
 
     def losses(data, label):  # GluonCV's calling convention: criterion(*outputs, target)
         return ([criterion(*net(x), y) for x, y in zip(data, label)],)

@@ -63,10 +63,11 @@ except ImportError:  # running from a source checkout without `pip install -e .`
 from gluon_focal.detection import (SSDFocalMultiBoxLoss, SigmoidSSD, init_focal_bias,
                                    resnet_ssd, ssd_anchors, tiny_ssd, zoo_ssd)
 from gluon_focal.distributed import create_kvstore, rank_and_size, shard
-from gluon_focal.training import (CheckpointManager, add_detection_data_args,
+from gluon_focal.training import (add_detection_data_args, add_optimizer_args,
                                   add_training_args, contexts_from_args, detection_datasets,
                                   detection_metric, evaluate_detector, finish_detector_run,
-                                  plot_curves, resume, train_detector_epoch, warmup_cosine)
+                                  make_trainer, plot_curves, start_or_resume,
+                                  train_detector_epoch, warmup_cosine)
 
 
 # ---------------------------------------------------------------------------
@@ -117,11 +118,8 @@ def parse_args(argv=None):
                        help="'ssd': GluonCV's full SSDDefaultTrainTransform (colour, expand, "
                             "crop, flip); 'light': colour + flip only (converges faster "
                             'in short runs)')
-    optim.add_argument('--optimizer', choices=('sgd', 'adam'), default='adam',
-                       help='adam trains the from-scratch CPU demo fastest; GluonCV trains '
-                            'its SSDs with sgd (lr 0.001, momentum 0.9, wd 5e-4)')
-    optim.add_argument('--wd', type=float, default=1e-4, help='weight decay')
-    optim.add_argument('--momentum', type=float, default=0.9, help='sgd momentum')
+    add_optimizer_args(optim, 'adam trains the from-scratch CPU demo fastest; GluonCV trains '
+                              'its SSDs with sgd (lr 0.001, momentum 0.9, wd 5e-4)')
     optim.add_argument('--warmup-epochs', type=float, default=1.0,
                        help='linear learning-rate warm-up, then cosine decay')
     args = parser.parse_args(argv)
@@ -229,21 +227,12 @@ def train(args):
     iters = len(train_loader)
     schedule = warmup_cosine(args.lr, args.epochs, iters, args.warmup_epochs,
                              final_lr=args.lr * 0.01)
-    opt_params = {'learning_rate': args.lr, 'wd': args.wd, 'lr_scheduler': schedule}
-    if args.optimizer == 'sgd':
-        opt_params['momentum'] = args.momentum
-    trainer = gluon.Trainer(net.collect_params(), args.optimizer, opt_params, kvstore=kv)
+    trainer = make_trainer(net, args, schedule, kv)
     metric = detection_metric(args.dataset, val_set, classes, args.data_shape, args.out_dir)
 
-    checkpoints = CheckpointManager(args.out_dir)
-    start_epoch, history = 0, {}
-    if args.resume:
-        start_epoch, history = resume(checkpoints, net, trainer, schedule, args.epochs, iters,
-                                      ctx)
-        log('resumed after epoch %d of %d' % (start_epoch, args.epochs) if start_epoch else
-            'nothing to resume, starting from scratch')
-    for key in ('loss', 'cls_loss', 'box_loss', 'val_mAP', 'images_per_s'):
-        history.setdefault(key, [])
+    checkpoints, start_epoch, history = start_or_resume(
+        args, net, trainer, schedule, iters, ctx, log,
+        ('loss', 'cls_loss', 'box_loss', 'val_mAP', 'images_per_s'))
 
     for epoch in range(start_epoch, args.epochs):  # epoch + 1 is its number
         # a hybridized SSD caches one graph, training or inference: drop the one

@@ -54,6 +54,24 @@ def add_training_args(parser, *, epochs, batch_size, lr, out_dir):
     return parser
 
 
+def add_optimizer_args(group, optimizer_help):
+    """--optimizer (adam or sgd), --wd and --momentum, read by :func:`make_trainer`."""
+    group.add_argument('--optimizer', choices=('adam', 'sgd'), default='adam',
+                       help=optimizer_help)
+    group.add_argument('--wd', type=float, default=1e-4, help='weight decay')
+    group.add_argument('--momentum', type=float, default=0.9, help='sgd momentum')
+
+
+def make_trainer(net, args, schedule, kv):
+    """The gluon.Trainer of --optimizer/--lr/--wd/--momentum (:func:`add_optimizer_args`)
+    with the learning-rate ``schedule``."""
+    from mxnet import gluon
+    opt_params = {'learning_rate': args.lr, 'wd': args.wd, 'lr_scheduler': schedule}
+    if args.optimizer == 'sgd':
+        opt_params['momentum'] = args.momentum
+    return gluon.Trainer(net.collect_params(), args.optimizer, opt_params, kvstore=kv)
+
+
 def contexts_from_args(args):
     """``[mx.gpu(i), ...]`` for ``--gpus``, else ``num_cpu_contexts`` CPU contexts."""
     if args.gpus.strip():
@@ -237,6 +255,23 @@ def resume(checkpoints, net, trainer, schedule, epochs, iters_per_epoch, ctx=Non
     if not entry['states']:  # dist_*: weights only; the update count restarts here
         optimizer.begin_num_update = optimizer.num_update = done * iters_per_epoch
     return done, history
+
+
+def start_or_resume(args, net, trainer, schedule, iters_per_epoch, ctx, log, keys):
+    """``(checkpoints, epochs done, history)``: with --resume from the last complete
+    checkpoint in --out-dir (:func:`resume`), else from scratch; ``history`` holds a
+    list for each of ``keys``. Every worker resumes, so that all run the same steps
+    under dist_sync; only the chief saves."""
+    checkpoints = CheckpointManager(args.out_dir)
+    done, history = 0, {}
+    if args.resume:
+        done, history = resume(checkpoints, net, trainer, schedule, args.epochs,
+                               iters_per_epoch, ctx)
+        log('resumed after epoch %d of %d' % (done, args.epochs) if done else
+            'nothing to resume, starting from scratch')
+    for key in keys:
+        history.setdefault(key, [])
+    return checkpoints, done, history
 
 
 def train_epoch(loader, losses, trainer, ctx, num_workers, schedule, first_update, desc,

@@ -494,8 +494,10 @@ class FocalLoss(Loss):
         if valid is not None:
             # ignored positions contribute 0 even where their logit is inf or nan
             mask = F.broadcast_like(valid, pred)
-            pred = F.where(mask, pred, F.zeros_like(pred))
-            source = F.where(F.broadcast_like(valid, source), source, F.zeros_like(source))
+            masked = F.where(mask, pred, F.zeros_like(pred))
+            # with NDArrays of a compute dtype, pred is the source itself: mask it once
+            source = masked if source is pred else F.where(mask, source, F.zeros_like(source))
+            pred = masked
         per_class = None
         if self._alpha_values is not None:
             per_class = tuple(F.reshape_like(constant_vector(F, values, dtype), positions)

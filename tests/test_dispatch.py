@@ -8,11 +8,12 @@ import json
 import mxnet as mx
 import numpy as np
 import pytest
-from mxnet import autograd, gluon
+from mxnet import gluon
 
 import gluon_focal
 from gluon_focal import FocalLoss, kernel
 from gluon_focal.validation import ResolvedLabels
+from test_focal_loss import run_loss
 
 GPU = mx.Context('gpu', 0)
 
@@ -97,12 +98,7 @@ def _composite_gradient(pred, label, nested, dtype='float32'):
                         impl='composite')
     block = Parent(loss_fn) if nested else loss_fn
     block.hybridize()
-    x = mx.nd.array(pred, dtype=dtype)
-    x.attach_grad()
-    with autograd.record():
-        loss = block(x, mx.nd.array(label))
-    loss.backward()
-    return loss.asnumpy(), x.grad.asnumpy()
+    return run_loss(block, np.array(pred), np.array(label), dtype=dtype)
 
 
 def test_composite_gradient_of_huge_and_infinite_logits():

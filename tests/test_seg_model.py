@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 
 import mxnet as mx
-from mxnet import autograd, gluon
+from mxnet import gluon
 
 from gluon_focal.segmentation import (SegmentationFocalLoss, SmallTargetUNet,
-                                      SyntheticSmallTargets, get_small_target_unet)
+                                      get_small_target_unet)
+from test_segmentation import training_losses
 
 
 @pytest.mark.parametrize('nclass, aux, size', [(1, True, (64, 48)), (3, False, (37, 29))])
@@ -53,19 +54,8 @@ def test_a_few_steps_reduce_focal_plus_dice_loss():
     net = SmallTargetUNet(1, width=8)
     net.initialize(mx.init.Xavier(magnitude=2))
     net.hybridize()
-    data = SyntheticSmallTargets('train', 8, 32, seed=4)
-    x = mx.nd.stack(*[data[i][0] for i in range(8)]).transpose((0, 3, 1, 2)).astype('f')
-    x = (x / 255 - 0.5) / 0.25
-    label = mx.nd.stack(*[data[i][1] for i in range(8)])
-    criterion = SegmentationFocalLoss(dice_weight=1.0, normalization='positive')
-    criterion.hybridize()
-    trainer = gluon.Trainer(net.collect_params(), 'adam', {'learning_rate': 0.01})
-    losses = []
-    for _ in range(10):
-        with autograd.record():
-            loss = criterion(*net(x), label)
-        loss.backward()
-        trainer.step(8)
-        losses.append(loss.mean().asscalar())
+    losses = training_losses(net, SegmentationFocalLoss(dice_weight=1.0,
+                                                        normalization='positive'),
+                             size=32, seed=4, steps=10)
     assert np.isfinite(losses).all()
     assert np.mean(losses[-2:]) < 0.7 * np.mean(losses[:2]), losses

@@ -273,26 +273,33 @@ def test_real_gluoncv_model_outputs_and_data_parallel_criterion():
     np.testing.assert_allclose(np.concatenate([l.asnumpy() for l in single]), direct, rtol=1e-4)
 
 
+def training_losses(net, criterion, size, seed, steps):
+    """The mean loss of each of ``steps`` adam steps of ``net`` on one batch of eight
+    SyntheticSmallTargets images of side ``size``."""
+    data = SyntheticSmallTargets('train', 8, size, seed=seed)
+    x = mx.nd.stack(*[data[i][0] for i in range(8)]).transpose((0, 3, 1, 2)).astype('f')
+    x = (x / 255 - 0.5) / 0.25
+    label = mx.nd.stack(*[data[i][1] for i in range(8)])
+    criterion.hybridize()
+    trainer = gluon.Trainer(net.collect_params(), 'adam', {'learning_rate': 0.01})
+    losses = []
+    for _ in range(steps):
+        with autograd.record():
+            loss = criterion(*net(x), label)
+        loss.backward()
+        trainer.step(8)
+        losses.append(loss.mean().asscalar())
+    return losses
+
+
 def test_a_few_training_steps_reduce_the_loss():
     mx.random.seed(1)
     net = _fastscnn()
     for conv in (net.classifier.conv, net.auxlayer.block[-1]):
         conv.bias.initialize(mx.init.Constant(-4.6), force_reinit=True)
     net.hybridize()
-    data = SyntheticSmallTargets('train', 8, 64, seed=1)
-    x = mx.nd.stack(*[data[i][0] for i in range(8)]).transpose((0, 3, 1, 2)).astype('f')
-    x = (x / 255 - 0.5) / 0.25
-    label = mx.nd.stack(*[data[i][1] for i in range(8)])
-    criterion = SegmentationFocalLoss(normalization='positive')
-    criterion.hybridize()
-    trainer = gluon.Trainer(net.collect_params(), 'adam', {'learning_rate': 0.01})
-    losses = []
-    for _ in range(12):
-        with autograd.record():
-            loss = criterion(*net(x), label)
-        loss.backward()
-        trainer.step(8)
-        losses.append(loss.mean().asscalar())
+    losses = training_losses(net, SegmentationFocalLoss(normalization='positive'),
+                             size=64, seed=1, steps=12)
     assert np.isfinite(losses).all()
     assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:2]), losses
 

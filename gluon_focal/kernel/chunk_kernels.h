@@ -26,6 +26,9 @@ enum class TargetSource {
   kSparseCode,  // per-element codes built by the driver: 1 positive, 0 negative, -1 ignored
 };
 
+// What a sparse label says about its position, besides a class in [0, C).
+enum SparseLabelKind : int32_t { kIgnoredLabel = -1, kBackgroundLabel = -2, kNotAClass = -3 };
+
 // Constants of one operator call, in the compute type CT.
 template <class CT>
 struct CallConstants {
@@ -52,6 +55,7 @@ struct Chunk {
   int64_t alpha_period;        //     (of this period); null otherwise
   bool check_labels;       // validate labels (kSparseCode labels are checked by the driver)
   bool check_pred;         // validate probabilities (from_sigmoid)
+  bool stream_stores;      // write out with non-temporal stores (it does not stay in cache)
 };
 
 // What a chunk gives back.  Positions are chunk offsets, -1 when none.
@@ -70,6 +74,9 @@ struct KernelTable {
   ChunkKernel<float> (*pick_float)(Pass, GammaKind, bool from_sigmoid, TargetSource);
   // float64 compute
   ChunkKernel<double> (*pick_double)(Pass, GammaKind, bool from_sigmoid, TargetSource);
+  // sparse_labels.h: labels (as float) to class indices or SparseLabelKind
+  void (*classify_sparse_labels)(const float* labels, int64_t n, const CallConstants<float>& k,
+                                 int32_t* classes);
   void (*half_to_float)(const uint16_t* src, float* dst, int64_t n);
   void (*float_to_half)(const float* src, uint16_t* dst, int64_t n);
 };

@@ -3,7 +3,10 @@
  * instantiated by loops_scalar.cc, loops_avx2.cc and loops_avx512.cc: reads
  * the targets, checks the values it reads, evaluates focal_math.h and writes
  * (or sums) the result, a block of vectors at a time.  A partial last vector
- * runs the same code on a padded copy, with the lanes past the end off.
+ * runs the same code on a padded copy, with the lanes past the end off, and so
+ * does the head of a chunk whose output is written with streaming stores up to
+ * the first aligned vector.  run_block and vector_value are forced inline: as
+ * calls they kept every constant in memory (20% slower loops).
  */
 #ifndef GLUON_FOCAL_CHUNK_LOOP_H_
 #define GLUON_FOCAL_CHUNK_LOOP_H_
@@ -23,6 +26,7 @@ struct ChunkLoop {
   static constexpr int kLanes = S::kLanes;
 
   static constexpr int kBlock = 8;   // vectors per block
+  static constexpr int64_t kStreamAlignment = 64;   // bytes
   typedef T BlockBuffer[kBlock * kLanes];
 
   // Where a block's inputs and outputs are (in the chunk, or in the padded
@@ -38,9 +42,10 @@ struct ChunkLoop {
 
   // Loss or gradient of one vector, zero in lanes that are ignored or off.
   // Lanes whose label or prediction fails the checks are flagged in *bad_*.
-  static V vector_value(const BlockIO& io, int64_t j, const SigmoidParts<S>& parts,
-                        const T* alpha0_by_offset, const T* alpha1_by_offset, const Chunk<T>& chunk,
-                        const CallConstants<T>& k, M lanes, M* bad_label, M* bad_pred) {
+  __attribute__((always_inline)) static V vector_value(
+      const BlockIO& io, int64_t j, const SigmoidParts<S>& parts, const T* alpha0_by_offset,
+      const T* alpha1_by_offset, const Chunk<T>& chunk, const CallConstants<T>& k, M lanes,
+      M* bad_label, M* bad_pred) {
     const V zero = S::splat(0), one = S::splat(1);
     V x = S::load(io.pred + j);
     M valid, positive = M();
@@ -63,17 +68,13 @@ struct ChunkLoop {
       }
     } else if (kSource == TargetSource::kBinary) {
       positive = S::eq(label, one);
-      if (chunk.check_labels) {
-        M ok = S::mask_or(S::mask_or(positive, S::eq(label, zero)), S::mask_not(valid));
-        *bad_label = S::mask_andnot(ok, lanes);
-      }
+      // 0 and 1 are the roots of t (1 - t); NaN compares unequal
+      if (chunk.check_labels)
+        *bad_label = S::mask_and(S::mask_and(valid, lanes), S::ne(S::mul(label, S::sub(one, label)), zero));
     } else if (kSource == TargetSource::kDense) {
       t = S::zero_unless(valid, label);
       positive = S::eq(t, one);
-      if (chunk.check_labels) {
-        M ok = S::mask_or(S::mask_and(S::ge(label, zero), S::le(label, one)), S::mask_not(valid));
-        *bad_label = S::mask_andnot(ok, lanes);
-      }
+      if (chunk.check_labels) *bad_label = outside_unit_interval(label, S::mask_and(valid, lanes));
     }
     valid = S::mask_and(valid, lanes);
     V alpha1 = alpha1_by_offset ? S::load(alpha1_by_offset) : S::splat(chunk.alpha1);
@@ -81,10 +82,7 @@ struct ChunkLoop {
     const V gamma = S::splat(k.gamma);
     V value;
     if (kFromSigmoid) {
-      if (chunk.check_pred) {
-        M ok = S::mask_and(S::ge(x, zero), S::le(x, one));
-        *bad_pred = S::mask_andnot(ok, valid);
-      }
+      if (chunk.check_pred) *bad_pred = outside_unit_interval(x, valid);
       if (kSource != TargetSource::kDense) t = S::select(positive, one, zero);
       V alpha_t = S::fma(t, S::sub(alpha1, alpha0), alpha0);
       value = focal_probabilities<S, kPass, kGamma>(x, t, alpha_t, gamma, S::splat(k.eps),
@@ -100,15 +98,21 @@ struct ChunkLoop {
     return S::zero_unless(valid, value);
   }
 
+  // Lanes of `among` whose v is not in [0, 1]: v (1 - v) >= 0 exactly there
+  // (NaN and +-inf give NaN or -inf).
+  static M outside_unit_interval(V v, M among) {
+    return S::mask_andnot(S::ge(S::mul(v, S::sub(S::splat(1), v)), S::splat(0)), among);
+  }
+
   static void note_bad(M bad, int64_t offset, int64_t* first) {
     if (__builtin_expect(S::any(bad), 0) && *first < 0) *first = offset + S::first_set(bad);
   }
 
   // `vectors` vectors from io; the last one's lanes are last_lanes.  The
   // sigmoid parts of the whole block are computed first, in two passes.
-  static void run_block(const BlockIO& io, int vectors, M last_lanes, const Chunk<T>& chunk,
-                        const CallConstants<T>& k, int64_t* alpha_offset, V* sum,
-                        ChunkResult* result) {
+  __attribute__((always_inline)) static void run_block(
+      const BlockIO& io, int vectors, M last_lanes, const Chunk<T>& chunk, const CallConstants<T>& k,
+      bool stream, int64_t* alpha_offset, V* sum, ChunkResult* result) {
     alignas(64) BlockBuffer e, sigmoid_abs, log1p_e;
     if (!kFromSigmoid) {
       for (int v = 0; v < vectors; ++v)
@@ -140,51 +144,72 @@ struct ChunkLoop {
       if (chunk.check_pred) note_bad(bad_pred, io.first + j, &result->first_bad_pred);
       if (!io.out) {
         *sum = S::add(*sum, value);
-      } else if (io.out_grad) {
-        S::store(io.out + j, S::mul(S::mul(value, coef), S::load(io.out_grad + j)));
-      } else {
-        S::store(io.out + j, S::mul(value, coef));
+        continue;
       }
+      V scaled = S::mul(value, coef);
+      if (io.out_grad) scaled = S::mul(scaled, S::load(io.out_grad + j));
+      if (stream) S::store_stream(io.out + j, scaled);
+      else S::store(io.out + j, scaled);
     }
+  }
+
+  // The elements [i, i + count) of the chunk, count < kLanes, through the
+  // same code on a padded copy.
+  static void run_padded(const Chunk<T>& chunk, const CallConstants<T>& k, int64_t i, int count,
+                         int64_t* alpha_offset, typename S::Sum* sum, ChunkResult* result) {
+    const bool sum_only = kPass == Pass::kForward && chunk.out == nullptr;
+    alignas(64) T pred[kLanes] = {}, labels[kLanes] = {}, out_grad[kLanes] = {}, out[kLanes];
+    alignas(64) int8_t codes[kLanes < 16 ? 16 : kLanes] = {};
+    for (int j = 0; j < count; ++j) {
+      pred[j] = chunk.pred[i + j];
+      if (chunk.labels) labels[j] = chunk.labels[i + j];
+      if (chunk.codes) codes[j] = chunk.codes[i + j];
+      if (chunk.out_grad) out_grad[j] = chunk.out_grad[i + j];
+    }
+    BlockIO io = {pred, chunk.labels ? labels : nullptr, chunk.codes ? codes : nullptr,
+                  chunk.out_grad ? out_grad : nullptr, sum_only ? nullptr : out, i};
+    const int64_t alpha_start = *alpha_offset;
+    V block_sum = S::splat(0);
+    run_block(io, 1, S::first_lanes(count), chunk, k, false, alpha_offset, &block_sum, result);
+    if (chunk.alpha1_by_offset) *alpha_offset = (alpha_start + count) % chunk.alpha_period;
+    S::sum_add(sum, block_sum);
+    if (!sum_only)
+      for (int j = 0; j < count; ++j) chunk.out[i + j] = out[j];
   }
 
   static void run(const Chunk<T>& chunk, const CallConstants<T>& k, ChunkResult* result) {
     const bool sum_only = kPass == Pass::kForward && chunk.out == nullptr;
+    const bool stream = chunk.stream_stores && !sum_only;
     typename S::Sum sum;
     S::sum_zero(&sum);
     int64_t alpha_offset = 0;
-    const int64_t full_vectors = chunk.len / kLanes;
+    // streaming stores need whole aligned vectors: the elements before the
+    // output's first boundary take the padded path
+    int64_t i = 0;
+    if (stream) {
+      const int64_t misaligned =
+          static_cast<int64_t>(reinterpret_cast<uintptr_t>(chunk.out) % kStreamAlignment);
+      const int64_t head = misaligned ? (kStreamAlignment - misaligned) / static_cast<int64_t>(sizeof(T)) : 0;
+      i = head < chunk.len ? head : chunk.len;
+      if (i > 0) run_padded(chunk, k, 0, static_cast<int>(i), &alpha_offset, &sum, result);
+    }
+    const int64_t full_vectors = (chunk.len - i) / kLanes;
     for (int64_t first_vector = 0; first_vector < full_vectors; first_vector += kBlock) {
       const int64_t left = full_vectors - first_vector;
       const int vectors = static_cast<int>(left < kBlock ? left : kBlock);
-      const int64_t i = first_vector * kLanes;
       BlockIO io = {chunk.pred + i, chunk.labels ? chunk.labels + i : nullptr,
                     chunk.codes ? chunk.codes + i : nullptr,
                     chunk.out_grad ? chunk.out_grad + i : nullptr,
                     sum_only ? nullptr : chunk.out + i, i};
       V block_sum = S::splat(0);   // float partial sum of one block
-      run_block(io, vectors, S::first_lanes(kLanes), chunk, k, &alpha_offset, &block_sum, result);
+      run_block(io, vectors, S::first_lanes(kLanes), chunk, k, stream, &alpha_offset, &block_sum,
+                result);
       S::sum_add(&sum, block_sum);
+      i += vectors * kLanes;
     }
-    const int64_t i = full_vectors * kLanes;
-    const int rest = static_cast<int>(chunk.len - i);
-    if (rest > 0) {   // the same code on a padded copy
-      alignas(64) T pred[kLanes] = {}, labels[kLanes] = {}, out_grad[kLanes] = {}, out[kLanes];
-      alignas(64) int8_t codes[kLanes < 16 ? 16 : kLanes] = {};
-      for (int j = 0; j < rest; ++j) {
-        pred[j] = chunk.pred[i + j];
-        if (chunk.labels) labels[j] = chunk.labels[i + j];
-        if (chunk.codes) codes[j] = chunk.codes[i + j];
-        if (chunk.out_grad) out_grad[j] = chunk.out_grad[i + j];
-      }
-      BlockIO io = {pred, chunk.labels ? labels : nullptr, chunk.codes ? codes : nullptr,
-                    chunk.out_grad ? out_grad : nullptr, sum_only ? nullptr : out, i};
-      V block_sum = S::splat(0);
-      run_block(io, 1, S::first_lanes(rest), chunk, k, &alpha_offset, &block_sum, result);
-      S::sum_add(&sum, block_sum);
-      if (!sum_only)
-        for (int j = 0; j < rest; ++j) chunk.out[i + j] = out[j];
-    }
+    if (i < chunk.len)
+      run_padded(chunk, k, i, static_cast<int>(chunk.len - i), &alpha_offset, &sum, result);
+    if (stream) S::store_fence();   // before another thread reads the output
     result->sum = S::sum_total(sum);
   }
 };

@@ -30,6 +30,9 @@ using mxnet::ext::kUint8;
 typedef uint16_t Half;   // float16 storage (MXNet has no uint16 labels)
 
 const int64_t kSerialBelow = 32768;   // smaller calls run on the calling thread
+// Outputs at least this large are written with streaming stores: they leave
+// the cache before anyone reads them, and a normal store first reads the line.
+const int64_t kStreamBytes = int64_t(16) << 20;
 
 template <class T> double as_double(T v) { return static_cast<double>(v); }
 template <> double as_double<Half>(Half v) { return half_to_float_soft(v); }
@@ -69,8 +72,8 @@ void store_compute(const CT* src, To* dst, int64_t n, const KernelTable& isa) {
   for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<To>(src[i]);
 }
 
-// Class index of a sparse label, or kIgnored / kBackground / kNotAClass.
-enum : int64_t { kIgnored = -1, kBackground = -2, kNotAClass = -3 };
+// Class index of a sparse label, or a SparseLabelKind (chunk_kernels.h):
+// classify_sparse_labels' rule for one label of any dtype, in double.
 struct SparseLabelRule {
   double ignore_label, background_label;   // NaN when there is none: never equal
   double num_classes;
@@ -83,8 +86,8 @@ struct SparseLabelRule {
   template <class LabT>
   int64_t classify(LabT raw) const {
     const double v = as_double(raw);
-    if (v == ignore_label) return kIgnored;
-    if (v == background_label) return kBackground;   // may be in [0, C)
+    if (v == ignore_label) return kIgnoredLabel;
+    if (v == background_label) return kBackgroundLabel;   // may be in [0, C)
     if (v >= 0.0 && v < num_classes) {
       const int64_t c = static_cast<int64_t>(v);
       if (static_cast<double>(c) == v) return c;
@@ -94,24 +97,26 @@ struct SparseLabelRule {
 };
 
 // Per-element codes of a pattern-layout chunk with sparse labels (1: the
-// label's class, 0: another class, -1: ignored position), checking each
-// label once.  Returns the label position of the first invalid one, or -1.
+// label's class, 0: another class, -1: ignored position), from the labels'
+// classes (one vector of labels at a time: classify_sparse_labels).  Returns
+// the label position of the first invalid label, or -1.
 template <class LabT>
-int64_t build_codes(const Plan& p, const ChunkSpan& span, const LabT* labels, int8_t* codes) {
-  std::memset(codes, 0, static_cast<size_t>(span.len));
-  const SparseLabelRule rule(p);   // locals: the int8 stores below may alias anything
+int64_t build_codes(const Plan& p, const ChunkSpan& span, const LabT* labels, const KernelTable& isa,
+                    const CallConstants<float>& k, float* label_buf, int32_t* classes, int8_t* codes) {
   const int64_t inner = p.inner, C = p.num_classes, positions = span.super_rows * inner;
-  const LabT* l = labels + span.label_start;
+  const float* l = as_compute(labels + span.label_start, positions, label_buf, isa, true);
+  isa.classify_sparse_labels(l, positions, k, classes);
+  std::memset(codes, 0, static_cast<size_t>(span.len));
   int64_t first_bad = -1;
   for (int64_t q = 0, row = 0, j = 0; q < positions; ++q) {
     // position q is at (row, j): its codes are row_codes[class * inner]
     int8_t* row_codes = codes + row * C * inner + j;
-    const int64_t c = rule.classify(l[q]);
+    const int32_t c = classes[q];
     if (c >= 0) {
       row_codes[c * inner] = 1;
-    } else if (c != kBackground) {
+    } else if (c != kBackgroundLabel) {
       if (c == kNotAClass && first_bad < 0) first_bad = span.label_start + q;
-      for (int64_t k = 0; k < C; ++k) row_codes[k * inner] = -1;
+      for (int64_t m = 0; m < C; ++m) row_codes[m * inner] = -1;
     }
     if (++j == inner) { j = 0; ++row; }
   }
@@ -134,7 +139,7 @@ void count_labels(const Plan& p, const LabT* labels, int threads, std::vector<do
       const int64_t n = p.pattern_layout ? span.super_rows * p.inner : (span.row_class == 0 ? span.len : 0);
       for (int64_t j = 0; j < n; ++j) {
         int64_t c = rule.classify(labels[span.label_start + j]);
-        if (c == kIgnored || c == kNotAClass) continue;
+        if (c == kIgnoredLabel || c == kNotAClass) continue;
         n_valid += static_cast<double>(p.num_classes);
         if (c >= 0) n_positive += 1.0;
       }
@@ -268,6 +273,8 @@ CallConstants<CT> call_constants(const Plan& p) {
 template <class CT>
 struct Scratch {
   std::unique_ptr<CT[]> pred, labels, out, out_grad;
+  std::unique_ptr<float[]> sparse_labels;   // kSparseCode: labels as float, and their classes
+  std::unique_ptr<int32_t[]> classes;
   std::unique_ptr<int8_t[]> codes;
 };
 
@@ -282,6 +289,7 @@ std::string run(const Plan& p, Pass pass, const PredT* pred, const LabT* labels,
   const TargetSource source = target_source(p);
   const ChunkKernel<CT> kernel = pick<CT>(isa, pass, gamma_kind(a.gamma), a.from_sigmoid, source);
   const CallConstants<CT> constants = call_constants<CT>(p);
+  const CallConstants<float> float_constants = call_constants<float>(p);   // sparse labels
   const std::vector<CT> alpha0_by_offset(p.alpha0_by_offset.begin(), p.alpha0_by_offset.end());
   const std::vector<CT> alpha1_by_offset(p.alpha1_by_offset.begin(), p.alpha1_by_offset.end());
 
@@ -295,6 +303,8 @@ std::string run(const Plan& p, Pass pass, const PredT* pred, const LabT* labels,
   const bool pred_direct = std::is_same<PredT, CT>::value;
   const bool labels_direct = std::is_same<LabT, CT>::value;
   const bool exact_labels = a.mode != LabelMode::kDense;
+  const bool stream_stores = !sum_only && pred_direct &&
+                             p.num_elements * static_cast<int64_t>(sizeof(PredT)) >= kStreamBytes;
   std::vector<double> sums(p.num_chunks, 0.0);
   std::vector<int64_t> bad_label(p.num_chunks, -1), bad_pred(p.num_chunks, -1);
 
@@ -306,8 +316,13 @@ std::string run(const Plan& p, Pass pass, const PredT* pred, const LabT* labels,
       s->out.reset(new CT[n]);
       if (!forward && !reduced(p)) s->out_grad.reset(new CT[n]);
     }
-    if (source == TargetSource::kSparseCode) s->codes.reset(new int8_t[n]);
-    else if (!labels_direct) s->labels.reset(new CT[n]);
+    if (source == TargetSource::kSparseCode) {
+      s->codes.reset(new int8_t[n]);
+      s->classes.reset(new int32_t[n]);
+      if (!std::is_same<LabT, float>::value) s->sparse_labels.reset(new float[n]);
+    } else if (!labels_direct) {
+      s->labels.reset(new CT[n]);
+    }
     return s;
   };
   parallel_for_chunks(p.num_chunks, threads, make_scratch, [&](std::unique_ptr<Scratch<CT>>& s, int64_t id) {
@@ -324,9 +339,11 @@ std::string run(const Plan& p, Pass pass, const PredT* pred, const LabT* labels,
     c.row_class = static_cast<CT>(span.row_class);
     c.check_labels = false;
     c.check_pred = a.validate && a.from_sigmoid;
+    c.stream_stores = stream_stores;
     int64_t label_base = span.start;   // label position of the chunk's first element
     if (source == TargetSource::kSparseCode) {
-      int64_t first_bad = build_codes(p, span, labels, s->codes.get());
+      int64_t first_bad = build_codes(p, span, labels, isa, float_constants, s->sparse_labels.get(),
+                                      s->classes.get(), s->codes.get());
       if (a.validate) bad_label[id] = first_bad;
       c.codes = s->codes.get();
     } else {

@@ -49,7 +49,7 @@ size_t element_size(int dtype) {
 
 void fill_zero(MXTensor* t) {
   if (t->data_ptr && t->size() > 0)
-    std::memset(t->data_ptr, 0, element_size(t->dtype) * static_cast<size_t>(t->size()));
+    zero_fill(t->data_ptr, element_size(t->dtype) * static_cast<size_t>(t->size()));
 }
 
 MXReturnValue parse(const AttributeMap& attrs, Attributes* a) {

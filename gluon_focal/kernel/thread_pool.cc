@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <condition_variable>
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <thread>
 
@@ -118,5 +119,15 @@ int num_threads() {
 void set_num_threads(int n) { g_num_threads_override.store(n > 0 ? n : 0); }
 
 void run_job(Job* job, int threads) { Pool::get().run(job, threads); }
+
+void zero_fill(void* data, size_t bytes) {
+  const size_t slice = size_t(1) << 20;
+  const int64_t slices = static_cast<int64_t>((bytes + slice - 1) / slice);
+  char* base = static_cast<char*>(data);
+  parallel_for_chunks(slices, num_threads(), [] { return 0; }, [&](int, int64_t id) {
+    const size_t start = static_cast<size_t>(id) * slice;
+    std::memset(base + start, 0, std::min(slice, bytes - start));
+  });
+}
 
 }  // namespace gluon_focal

@@ -17,6 +17,7 @@
 #define GLUON_FOCAL_THREAD_POOL_H_
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 
 namespace gluon_focal {
@@ -58,6 +59,10 @@ void parallel_for_chunks(int64_t count, int threads, MakeState make_state, Work 
   };
   run_job(&job, threads);
 }
+
+// Sets `bytes` bytes at `data` to zero on up to num_threads() threads (one
+// thread streams only about half the bandwidth of two).
+void zero_fill(void* data, size_t bytes);
 
 }  // namespace gluon_focal
 

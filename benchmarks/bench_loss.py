@@ -23,6 +23,9 @@ Implementations
              (read 2, write 1: the 12 bytes per element that fused forward +
              backward must move at least); the memory floor
   fused      gluon_focal.FocalLoss(impl='fused')
+  fused_fwd  its forward pass alone (no autograd): reads pred and labels once,
+             writes one value per sample, so what it costs beyond a third of
+             the floor is computation
   composite  gluon_focal.FocalLoss(impl='composite')
   gluoncv    gluoncv.loss.FocalLoss (from_logits=False, i.e. logits)
   bce        gluon.loss.SigmoidBCELoss (no focal term)
@@ -152,7 +155,7 @@ class AsLastLayer(gluon.HybridBlock):
         return self.loss(x, y)
 
 
-IMPLS = ('floor', 'fused', 'composite', 'gluoncv', 'bce')
+IMPLS = ('floor', 'fused', 'fused_fwd', 'composite', 'gluoncv', 'bce')
 
 
 class Floor(object):
@@ -165,6 +168,18 @@ class Floor(object):
     def step(self):
         mx.nd.elemwise_add(self.a, self.b, out=self.out)
         self.out.wait_to_read()
+
+
+class ForwardStep(object):
+    """One implementation's forward pass alone, outside autograd."""
+
+    def __init__(self, blk, x_np, y_np):
+        self.blk = AsLastLayer(blk)
+        self.blk.hybridize(static_alloc=True, static_shape=True)
+        self.x, self.y = mx.nd.array(x_np), mx.nd.array(y_np)
+
+    def step(self):
+        self.blk(self.x, self.y).wait_to_read()
 
 
 class LossStep(object):
@@ -205,11 +220,12 @@ def timing_child(threads, workloads, quick, repeats, impls):
                 if impl == 'floor':
                     steps[impl] = Floor(shape)
                 else:
-                    if impl == 'fused' and not fused_ok:
+                    if impl.startswith('fused') and not fused_ok:
                         raise RuntimeError(kernel.unavailable_reason())
-                    blk, variant = build_impl(impl, wl, shape)
+                    blk, variant = build_impl(impl.replace('_fwd', ''), wl, shape)
                     row['label'] = variant
-                    steps[impl] = LossStep(blk, pred, label_for(variant, wl, shape, lab, sparse))
+                    step = ForwardStep if impl == 'fused_fwd' else LossStep
+                    steps[impl] = step(blk, pred, label_for(variant, wl, shape, lab, sparse))
                 steps[impl].step()   # warm-up: graph building, allocation
             except Exception as err:  # noqa: BLE001
                 row['error'] = '%s: %s' % (type(err).__name__, err)
@@ -259,8 +275,8 @@ def ratio_table(rows, threads, workloads):
     def fmt(v, spec='%.2f'):
         return spec % v if v is not None else 'n/a'
 
-    hdr = ('%-4s %-16s %3s %7s %7s %10s %9s %8s %9s %8s %9s %11s' % (
-        'wl', 'shape', 'thr', 'floor', 'fused', 'fused/flr', 'gluoncv', 'gcv/fus', 'bce',
+    hdr = ('%-4s %-16s %3s %7s %7s %10s %7s %9s %8s %9s %8s %9s %11s' % (
+        'wl', 'shape', 'thr', 'floor', 'fused', 'fused/flr', 'fwd', 'gluoncv', 'gcv/fus', 'bce',
         'bce/fus', 'composite', 'load'))
     lines = [hdr, '-' * len(hdr)]
     for w in workloads:
@@ -268,12 +284,12 @@ def ratio_table(rows, threads, workloads):
             r = [x for x in rows if x['workload'] == w and x['threads'] == n]
             if not r:
                 continue
-            floor, fused, gcv, bce, comp = (ns(w, n, i) for i in
-                                            ('floor', 'fused', 'gluoncv', 'bce', 'composite'))
+            floor, fused, fwd, gcv, bce, comp = (
+                ns(w, n, i) for i in ('floor', 'fused', 'fused_fwd', 'gluoncv', 'bce', 'composite'))
             loads = [x['load'] for x in r if x.get('load')]
-            lines.append('%-4s %-16s %3d %7s %7s %10s %9s %8s %9s %8s %9s %11s' % (
+            lines.append('%-4s %-16s %3d %7s %7s %10s %7s %9s %8s %9s %8s %9s %11s' % (
                 w, 'x'.join(map(str, r[0]['shape'])), n, fmt(floor), fmt(fused),
-                fmt(fused / floor if fused and floor else None), fmt(gcv, '%.1f'),
+                fmt(fused / floor if fused and floor else None), fmt(fwd), fmt(gcv, '%.1f'),
                 fmt(gcv / fused if gcv and fused else None, '%.1f'), fmt(bce, '%.1f'),
                 fmt(bce / fused if bce and fused else None, '%.1f'), fmt(comp, '%.1f'),
                 '%.1f-%.1f' % (min(l[0] for l in loads), max(l[1] for l in loads)) if loads else '-'))
@@ -337,7 +353,7 @@ def peak_memory(impls, workloads, quick):
     mem = []
     for wname in workloads:
         for impl in impls:
-            if impl == 'floor':
+            if impl in ('floor', 'fused_fwd'):
                 continue
             cmd = [sys.executable, os.path.abspath(__file__), '--rss-child', impl, wname]
             if quick:

@@ -291,27 +291,6 @@ def test_threads_agree_and_scalar_path():
     kernel.set_num_threads(old)
 
 
-@pytest.mark.parametrize('norm', ['none', 'mean'])
-def test_large_outputs_streamed_equal_small_calls(norm):
-    """Outputs of 16 MB and more are written with streaming stores (aligned
-    vectors, the misaligned head of each chunk through the padded path): the
-    same values as per-sample calls below that size, at 2 threads, with
-    per-class alpha (its offset carried across the head)."""
-    rng = np.random.RandomState(3)
-    pred = rng.randn(2, 100003, 21).astype(np.float32) * 4     # 16.8 MB
-    lab = rng.randint(-1, 21, size=(2, 100003))
-    attrs = dict(mode='sparse', ignore_label=-1, normalization=norm, alpha=list(np.linspace(0.1, 0.9, 21)))
-    old = kernel.get_num_threads()
-    try:
-        kernel.set_num_threads(2)
-        whole = run_op(pred, lab, **attrs)[:2]
-        parts = [run_op(pred[b:b + 1], lab[b:b + 1], **attrs)[:2] for b in range(2)]
-    finally:
-        kernel.set_num_threads(old)
-    for got, want in zip(whole, (np.concatenate([p[i] for p in parts]) for i in range(2))):
-        assert np.array_equal(got, want)
-
-
 def test_grad_req_add():
     rng = np.random.RandomState(8)
     pred = mx.nd.array(rng.randn(2, 30, 5))

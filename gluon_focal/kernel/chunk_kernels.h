@@ -55,7 +55,6 @@ struct Chunk {
   int64_t alpha_period;        //     (of this period); null otherwise
   bool check_labels;       // validate labels (kSparseCode labels are checked by the driver)
   bool check_pred;         // validate probabilities (from_sigmoid)
-  bool stream_stores;      // write out with non-temporal stores (it does not stay in cache)
 };
 
 // What a chunk gives back.  Positions are chunk offsets, -1 when none.

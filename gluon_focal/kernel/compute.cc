@@ -30,9 +30,6 @@ using mxnet::ext::kUint8;
 typedef uint16_t Half;   // float16 storage (MXNet has no uint16 labels)
 
 const int64_t kSerialBelow = 32768;   // smaller calls run on the calling thread
-// Outputs at least this large are written with streaming stores: they leave
-// the cache before anyone reads them, and a normal store first reads the line.
-const int64_t kStreamBytes = int64_t(16) << 20;
 
 template <class T> double as_double(T v) { return static_cast<double>(v); }
 template <> double as_double<Half>(Half v) { return half_to_float_soft(v); }
@@ -303,8 +300,6 @@ std::string run(const Plan& p, Pass pass, const PredT* pred, const LabT* labels,
   const bool pred_direct = std::is_same<PredT, CT>::value;
   const bool labels_direct = std::is_same<LabT, CT>::value;
   const bool exact_labels = a.mode != LabelMode::kDense;
-  const bool stream_stores = !sum_only && pred_direct &&
-                             p.num_elements * static_cast<int64_t>(sizeof(PredT)) >= kStreamBytes;
   std::vector<double> sums(p.num_chunks, 0.0);
   std::vector<int64_t> bad_label(p.num_chunks, -1), bad_pred(p.num_chunks, -1);
 
@@ -339,7 +334,6 @@ std::string run(const Plan& p, Pass pass, const PredT* pred, const LabT* labels,
     c.row_class = static_cast<CT>(span.row_class);
     c.check_labels = false;
     c.check_pred = a.validate && a.from_sigmoid;
-    c.stream_stores = stream_stores;
     int64_t label_base = span.start;   // label position of the chunk's first element
     if (source == TargetSource::kSparseCode) {
       int64_t first_bad = build_codes(p, span, labels, isa, float_constants, s->sparse_labels.get(),

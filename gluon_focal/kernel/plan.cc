@@ -6,7 +6,9 @@
 namespace gluon_focal {
 namespace {
 
-const int64_t kChunkElements = 8192;      // L1/L2-sized
+// Chunks of 2^16 elements: 8192 cost ~0.1 ns per element more (a fixed cost
+// per chunk), and per-thread float16 buffers of this size stay in L2.
+const int64_t kChunkElements = 65536;
 const int64_t kRowLayoutMinInner = 64;
 
 bool class_axis_matters(const Attributes& a) {

@@ -26,8 +26,6 @@ struct Avx2Float {
   static void store_int32(int32_t* p, V v) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm256_cvttps_epi32(v));
   }
-  static void store_stream(float* p, V v) { _mm256_stream_ps(p, v); }   // p 32-byte aligned
-  static void store_fence() { _mm_sfence(); }
 
   static V add(V a, V b) { return _mm256_add_ps(a, b); }
   static V sub(V a, V b) { return _mm256_sub_ps(a, b); }

@@ -22,8 +22,6 @@ struct Avx512Float {
   static V splat(float v) { return _mm512_set1_ps(v); }
   static V load(const float* p) { return _mm512_loadu_ps(p); }
   static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
-  static void store_stream(float* p, V v) { _mm512_stream_ps(p, v); }   // p 64-byte aligned
-  static void store_fence() { _mm_sfence(); }
   static void store_int32(int32_t* p, V v) {
     _mm512_storeu_si512(reinterpret_cast<__m512i*>(p), _mm512_cvttps_epi32(v));
   }

@@ -26,8 +26,6 @@ struct ScalarSimd {
   static V load(const T* p) { return *p; }
   static void store(T* p, V v) { *p = v; }
   static void store_int32(int32_t* p, V v) { *p = static_cast<int32_t>(v); }
-  static void store_stream(T* p, V v) { store(p, v); }
-  static void store_fence() {}
 
   static V add(V a, V b) { return a + b; }
   static V sub(V a, V b) { return a - b; }

@@ -7,6 +7,9 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
+#if defined(__x86_64__)
+#include <emmintrin.h>
+#endif
 #include <mutex>
 #include <thread>
 
@@ -120,13 +123,33 @@ void set_num_threads(int n) { g_num_threads_override.store(n > 0 ? n : 0); }
 
 void run_job(Job* job, int threads) { Pool::get().run(job, threads); }
 
+namespace {
+
+// memset with streaming stores on x86-64 (a zero gradient nobody reads soon:
+// no line is fetched before it is overwritten); plain memset elsewhere.
+void zero_bytes(char* p, size_t n) {
+#if defined(__x86_64__)
+  const size_t head = std::min(n, static_cast<size_t>((16 - reinterpret_cast<uintptr_t>(p) % 16) % 16));
+  std::memset(p, 0, head);
+  size_t i = head;
+  const __m128i zero = _mm_setzero_si128();
+  for (; i + 16 <= n; i += 16) _mm_stream_si128(reinterpret_cast<__m128i*>(p + i), zero);
+  std::memset(p + i, 0, n - i);
+  _mm_sfence();   // before another thread reads them
+#else
+  std::memset(p, 0, n);
+#endif
+}
+
+}  // namespace
+
 void zero_fill(void* data, size_t bytes) {
   const size_t slice = size_t(1) << 20;
   const int64_t slices = static_cast<int64_t>((bytes + slice - 1) / slice);
   char* base = static_cast<char*>(data);
   parallel_for_chunks(slices, num_threads(), [] { return 0; }, [&](int, int64_t id) {
     const size_t start = static_cast<size_t>(id) * slice;
-    std::memset(base + start, 0, std::min(slice, bytes - start));
+    zero_bytes(base + start, std::min(slice, bytes - start));
   });
 }
 

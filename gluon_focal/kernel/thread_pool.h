@@ -60,8 +60,8 @@ void parallel_for_chunks(int64_t count, int threads, MakeState make_state, Work 
   run_job(&job, threads);
 }
 
-// Sets `bytes` bytes at `data` to zero on up to num_threads() threads (one
-// thread streams only about half the bandwidth of two).
+// Sets `bytes` bytes at `data` to zero on up to num_threads() threads, with
+// streaming stores (for the label's gradient, which nothing reads soon).
 void zero_fill(void* data, size_t bytes);
 
 }  // namespace gluon_focal

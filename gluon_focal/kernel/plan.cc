@@ -6,8 +6,8 @@
 namespace gluon_focal {
 namespace {
 
-// Chunks of 2^16 elements: 8192 cost ~0.1 ns per element more (a fixed cost
-// per chunk), and per-thread float16 buffers of this size stay in L2.
+// Chunks of 2^16 elements: with 8192, W1's forward + backward took 6-9%
+// longer; per-thread float16 buffers of this size still fit in L2.
 const int64_t kChunkElements = 65536;
 const int64_t kRowLayoutMinInner = 64;
 

@@ -123,7 +123,8 @@ class RetinaNet(gluon.HybridBlock):
         None: the paper's plain conv + ReLU subnets. 'gn': GroupNorm after each
         subnet conv (as in Detectron's RetinaNet-GN), which makes training from
         scratch markedly faster and more stable. The norm layers are shared
-        across levels like the convs.
+        across levels like the convs (:class:`gluon_focal.nn.GroupNorm`: MXNet's
+        GroupNorm, on CPU by the fused kernel).
     """
 
     strides = (8, 16, 32, 64, 128)

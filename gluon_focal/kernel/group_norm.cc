@@ -222,14 +222,13 @@ void backward_blocks(const Blocks& b, const T* dy, const T* x, const T* gamma,
     block_d_gamma[id] = r * sum_dy_xc;
     if (!dx || n == 0) return;
     const double gr = static_cast<double>(Element<T>::load(gamma, id % b.groups)) * r;
-    const C dy_coef = static_cast<C>(gr);
-    const C xc_coef = static_cast<C>(-gr * r * r * sum_dy_xc / n);
-    const C offset = static_cast<C>(-gr * sum_dy / n);
-    const C mc = static_cast<C>(m);
+    // both differences before their (possibly large, r ~ 1 / sqrt(eps)) coefficients
+    const C dy_coef = static_cast<C>(gr), mean_dy = static_cast<C>(sum_dy / n);
+    const C xc_coef = static_cast<C>(-gr * r * r * sum_dy_xc / n), mc = static_cast<C>(m);
     T* dxb = dx + id * n;
     for (int64_t i = 0; i < n; ++i)
-      Element<T>::store(dxb, i, dy_coef * static_cast<C>(Element<T>::load(dyb, i)) +
-                                xc_coef * (static_cast<C>(Element<T>::load(xb, i)) - mc) + offset);
+      Element<T>::store(dxb, i, dy_coef * (static_cast<C>(Element<T>::load(dyb, i)) - mean_dy) +
+                                xc_coef * (static_cast<C>(Element<T>::load(xb, i)) - mc));
   });
   for (int64_t g = 0; g < b.groups; ++g) {
     double sum_gamma = 0.0, sum_beta = 0.0;

@@ -7,7 +7,8 @@ Reports, per image, in one process at the thread count of the environment
 * ``forward`` / ``+ loss`` / ``+ backward`` / ``+ update``: the training step on one
   fixed batch, each stage waited for,
 * ``GroupNorm``: the head's 4 GroupNorm layers over the 5 pyramid levels, forward +
-  backward, MXNet's operator and the fused kernel (the network's),
+  backward, MXNet's operator and the fused kernel (the network's), and an elementwise
+  op (x * 2) in their place, the floor,
 * ``epoch``: ``train_detector_epoch`` over the loader, as the demo trains (images/s).
 
 Usage::
@@ -93,9 +94,13 @@ def main():
               for side in (-(-args.data_shape // stride) for stride in net.strides)]
     for a in levels:
         a.attach_grad()
-    for impl in ('composite', 'fused'):
-        norm = GroupNorm(num_groups=groups, impl=impl)
-        norm.initialize(ctx=ctx)
+    for impl in ('elementwise', 'composite', 'fused'):
+        if impl == 'elementwise':   # the floor: x * 2, forward + backward, same calls
+            def norm(a):
+                return a * 2
+        else:
+            norm = GroupNorm(num_groups=groups, impl=impl)
+            norm.initialize(ctx=ctx)
 
         def group_norms():
             for _ in range(2 * args.head_layers):  # both subnets
@@ -104,8 +109,10 @@ def main():
                     out = [norm(a.reshape(a.shape)) for a in levels]
                 autograd.backward(out)
         seconds = timed(group_norms, opts.repeat)
-        print('GroupNorm   %6.2f ms/image (%s: forward + backward, all levels, both subnets)'
-              % (seconds / batch * 1e3, 'MXNet' if impl == 'composite' else 'fused kernel'))
+        print('%-11s %6.2f ms/image (%s: forward + backward, all levels, both subnets)'
+              % ('x * 2' if impl == 'elementwise' else 'GroupNorm', seconds / batch * 1e3,
+                 {'elementwise': 'an elementwise op in its place', 'composite': 'MXNet',
+                  'fused': 'fused kernel'}[impl]))
 
     *_, speed = train_detector_epoch(net, loader, loss_fn, trainer, ctx, 1,
                                     lambda update: 1e-4, 0, '', show=False)

@@ -7,7 +7,8 @@ Reports, per image, in one process at the thread count of the environment
 * ``forward`` / ``+ loss`` / ``+ backward`` / ``+ update``: the training step on one
   fixed batch, each stage waited for,
 * ``GroupNorm``: the head's 4 GroupNorm layers over the 5 pyramid levels, forward +
-  backward (MXNet's operator, as in the network),
+  backward, MXNet's operator and the fused kernel (the network's), and an elementwise
+  op (x * 2) in their place, the floor,
 * ``epoch``: ``train_detector_epoch`` over the loader, as the demo trains (images/s).
 
 Usage::
@@ -30,6 +31,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'examples'))
 import train_retinanet as demo  # noqa: E402
+from gluon_focal.nn import GroupNorm  # noqa: E402
 from gluon_focal.training import detection_datasets, train_detector_epoch  # noqa: E402
 
 
@@ -90,18 +92,27 @@ def main():
     channels, groups = args.head_channels, max(1, min(32, args.head_channels // 8))
     levels = [mx.nd.random.normal(shape=(batch, channels, side, side))  # P3-P7
               for side in (-(-args.data_shape // stride) for stride in net.strides)]
-    gamma, beta = mx.nd.ones((groups,)), mx.nd.zeros((groups,))
-    for a in levels + [gamma, beta]:
+    for a in levels:
         a.attach_grad()
+    for impl in ('elementwise', 'composite', 'fused'):
+        if impl == 'elementwise':   # the floor: x * 2, forward + backward, same calls
+            def norm(a):
+                return a * 2
+        else:
+            norm = GroupNorm(num_groups=groups, impl=impl)
+            norm.initialize(ctx=ctx)
 
-    def group_norms():
-        for _ in range(2 * args.head_layers):  # both subnets
-            with autograd.record():
-                out = [mx.nd.GroupNorm(a, gamma, beta, num_groups=groups) for a in levels]
-            autograd.backward(out)
-    seconds = timed(group_norms, opts.repeat)
-    print('GroupNorm   %6.2f ms/image (forward + backward, all levels, both subnets)'
-          % (seconds / batch * 1e3))
+        def group_norms():
+            for _ in range(2 * args.head_layers):  # both subnets
+                with autograd.record():
+                    # a view, not the leaf: like a conv output, it has no gradient of its own
+                    out = [norm(a.reshape(a.shape)) for a in levels]
+                autograd.backward(out)
+        seconds = timed(group_norms, opts.repeat)
+        print('%-11s %6.2f ms/image (%s: forward + backward, all levels, both subnets)'
+              % ('x * 2' if impl == 'elementwise' else 'GroupNorm', seconds / batch * 1e3,
+                 {'elementwise': 'an elementwise op in its place', 'composite': 'MXNet',
+                  'fused': 'fused kernel'}[impl]))
 
     *_, speed = train_detector_epoch(net, loader, loss_fn, trainer, ctx, 1,
                                     lambda update: 1e-4, 0, '', show=False)

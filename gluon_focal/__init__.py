@@ -13,6 +13,7 @@ except Exception as err:  # any failure leaves the portable composite graph
 from .init import PriorProbability  # noqa: E402
 from .validation import resolve_label_mode  # noqa: E402
 from .loss import FocalLoss  # noqa: E402
+from . import nn  # noqa: E402
 
 __version__ = '0.1.0'
-__all__ = ['FocalLoss', 'PriorProbability', 'resolve_label_mode', 'kernel']
+__all__ = ['FocalLoss', 'PriorProbability', 'resolve_label_mode', 'kernel', 'nn']

@@ -7,7 +7,8 @@ what stops it on our models:
   exporter otherwise writes the newest opset the installed onnx knows, whose
   operators some of those converters no longer fit);
 * it registers the converters our graphs need and MXNet lacks, through MXNet's
-  own converter registry: ``GroupNorm`` (RetinaNet's GN heads),
+  own converter registry: ``GroupNorm`` and ``gluon_focal_group_norm``
+  (RetinaNet's GN heads),
   ``AdaptiveAvgPooling2D`` with output sizes > 1 (FastSCNN's pyramid pooling;
   static input shapes), ``boolean_mask`` and ``amp_multicast`` (detection
   post-processing);
@@ -31,6 +32,8 @@ import tempfile
 import numpy as np
 import mxnet as mx
 from mxnet import autograd, gluon
+
+from .nn import GROUP_NORM_OP
 
 __all__ = ['export_onnx', 'check_onnx', 'compare_detections', 'onnx_session', 'supported_ops',
            'OPSET']
@@ -81,10 +84,10 @@ def _register_converters():
     from mxnet.onnx.mx2onnx._op_translations._op_translations_opset12 import (
         convert_string_to_list, create_tensor, get_input_dtypes, get_inputs)
 
-    @MXNetGraph.register('GroupNorm', OPSET)
     def convert_group_norm(node, **kwargs):
         """MXNet's GroupNorm (gamma/beta per group) is InstanceNormalization over
-        the (N, groups, rest) view of the input."""
+        the (N, groups, rest) view of the input. The fused op's first output is the
+        same; its statistics outputs are for backward only."""
         name, inputs, attrs = get_inputs(node, kwargs)
         groups = int(attrs.get('num_groups', 1))
         eps = float(attrs.get('eps', 1e-5))
@@ -96,6 +99,9 @@ def _register_converters():
                       [name + '_normed'], epsilon=eps),
             make_node('Reshape', [name + '_normed', name + '_shape'], [name], name=name),
         ]
+
+    for op in ('GroupNorm', GROUP_NORM_OP):
+        MXNetGraph.register(op, OPSET)(convert_group_norm)
 
     @MXNetGraph.register('_contrib_AdaptiveAvgPooling2D', OPSET)
     def convert_adaptive_avg_pooling(node, **kwargs):

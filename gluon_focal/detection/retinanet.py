@@ -38,6 +38,7 @@ from mxnet import autograd, gluon
 from mxnet.gluon import nn
 
 from ..init import PriorProbability
+from ..nn import GroupNorm
 from .loss import DenseDetectionLoss
 from .postprocess import GraphStage, batch_gather, nms_sorted, sort_for_nms, threshold_topk
 
@@ -77,7 +78,7 @@ def _subnet(in_channels, head_channels, head_layers, out_channels, bias_init, no
         for i in range(head_layers):
             head.add(_conv(head_channels, in_channels if i == 0 else head_channels))
             if norm == 'gn':
-                head.add(nn.GroupNorm(num_groups=max(1, min(32, head_channels // 8))))
+                head.add(GroupNorm(num_groups=max(1, min(32, head_channels // 8))))
             elif norm is not None:
                 raise ValueError("head_norm must be None or 'gn', got %r" % (norm,))
             head.add(nn.Activation('relu'))
@@ -122,7 +123,8 @@ class RetinaNet(gluon.HybridBlock):
         None: the paper's plain conv + ReLU subnets. 'gn': GroupNorm after each
         subnet conv (as in Detectron's RetinaNet-GN), which makes training from
         scratch markedly faster and more stable. The norm layers are shared
-        across levels like the convs.
+        across levels like the convs (:class:`gluon_focal.nn.GroupNorm`: MXNet's
+        GroupNorm, on CPU by the fused kernel).
     """
 
     strides = (8, 16, 32, 64, 128)

@@ -13,6 +13,8 @@ std::string trim(const std::string& s) {
   return s.substr(a, b - a + 1);
 }
 
+}  // namespace
+
 bool parse_double(const std::string& text, double* out) {
   std::string s = trim(text);
   if (s.empty()) return false;
@@ -29,6 +31,8 @@ bool parse_int(const std::string& text, int* out) {
   *out = static_cast<int>(v);
   return true;
 }
+
+namespace {
 
 bool is_none(const std::string& text) {
   std::string s = trim(text);

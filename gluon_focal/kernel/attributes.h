@@ -32,6 +32,11 @@ struct Attributes {
 
 typedef std::unordered_map<std::string, std::string> AttributeMap;
 
+// One attribute value: a number, or an integer (surrounding spaces and
+// brackets allowed); false when the text is not one.
+bool parse_double(const std::string& text, double* out);
+bool parse_int(const std::string& text, int* out);
+
 // Parses attrs into *out; on failure returns false with the reason in *error.
 bool parse_attributes(const AttributeMap& attrs, Attributes* out, std::string* error);
 

@@ -27,7 +27,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 LIB_NAME = 'libgluon_focal_op.so'
 COMMON_SOURCES = ['operator.cc', 'attributes.cc', 'plan.cc', 'compute.cc', 'thread_pool.cc',
-                  'errors.cc', 'simd_dispatch.cc', 'loops_scalar.cc']
+                  'errors.cc', 'simd_dispatch.cc', 'loops_scalar.cc', 'group_norm.cc']
 # per-ISA loops: source -> flags (x86 only)
 ISA_SOURCES = {
     'loops_avx2.cc': ['-mavx2', '-mfma', '-mf16c'],

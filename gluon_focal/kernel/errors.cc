@@ -25,7 +25,7 @@ template struct PrivateAccess<ErrorListTag, &mxnet::ext::MXerrorMsgs::messages>;
 
 }  // namespace
 
-void report_error(const std::string& message) {
+void report_error(const std::string& message, const char* op_name) {
   static std::mutex lock;
   static size_t retired = 0;
   std::lock_guard<std::mutex> guard(lock);
@@ -35,7 +35,7 @@ void report_error(const std::string& message) {
   // still be reading the list for another thread's failure (a shorter list made
   // its read throw out_of_range). The swapped-out messages stay allocated.
   for (; retired < earlier.size(); ++retired) earlier[retired] = new std::stringstream();
-  MX_ERROR_MSG << "gluon_focal_loss: " << message;
+  MX_ERROR_MSG << op_name << ": " << message;
 }
 
 }  // namespace gluon_focal

@@ -6,8 +6,8 @@
 
 namespace gluon_focal {
 
-// Hands "gluon_focal_loss: <message>" to MXNet, which raises it as MXNetError.
-void report_error(const std::string& message);
+// Hands "<op_name>: <message>" to MXNet, which raises it as MXNetError.
+void report_error(const std::string& message, const char* op_name = "gluon_focal_loss");
 
 }  // namespace gluon_focal
 

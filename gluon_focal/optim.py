@@ -46,12 +46,33 @@ class MultiAdam(Adam):
         super(MultiAdam, self).__init__(**kwargs)
         # gluon's Updater passes lists of this many parameters (0: one at a time)
         self.aggregate_num = int(aggregate_num)
+        self._fusable_cache = {}
 
-    def _fusable(self, weight, grad, state):
-        return (weight.dtype == grad.dtype == np.float32 and weight.context.device_type == 'cpu'
-                and weight.stype == grad.stype == 'default' and isinstance(state, (tuple, list))
-                and len(state) == 2 and all(s.stype == 'default' for s in state)
-                and kernel.available())
+    def _fusable(self, index, weight, grad, state):
+        """Whether the operator takes this parameter (float32, CPU, dense, kernel
+        loaded).  Asking the arrays costs ctypes calls, so the answer is kept per
+        index for as long as the same array objects come (their dtype, storage and
+        context never change)."""
+        arrays = (weight, grad) + tuple(state) if isinstance(state, (tuple, list)) else None
+        known = self._fusable_cache.get(index)
+        if known is not None and arrays is not None and len(known[0]) == len(arrays) and all(
+                a is b for a, b in zip(known[0], arrays)):
+            return known[1]
+        fusable = (arrays is not None and len(state) == 2 and kernel.available()
+                   and weight.dtype == grad.dtype == np.float32
+                   and weight.context.device_type == 'cpu'
+                   and all(a.stype == 'default' for a in arrays))
+        self._fusable_cache[index] = (arrays, fusable)
+        return fusable
+
+    def __getstate__(self):
+        state = super(MultiAdam, self).__getstate__()
+        del state['_fusable_cache']   # arrays: not part of a saved optimizer
+        return state
+
+    def __setstate__(self, state):
+        super(MultiAdam, self).__setstate__(state)
+        self._fusable_cache = {}
 
     def _lr_wd(self, index):
         """Adam.update's bookkeeping for one index: (bias-corrected lr, wd)."""
@@ -71,7 +92,7 @@ class MultiAdam(Adam):
         # in index order, as Adam would: each index's update count moves num_update,
         # which the lr_scheduler reads for the indices after it
         for i, w, g, s in zip(index, weight, grad, state):
-            if self._fusable(w, g, s):
+            if self._fusable(i, w, g, s):
                 lr, wd = self._lr_wd(i)
                 fused.append((w, g, s))
                 lrs.append(lr)
@@ -104,4 +125,5 @@ def keep_multi_adam(trainer):
     if type(optimizer) is Adam and any(u.aggregate_updates for u in updaters):
         optimizer.__class__ = MultiAdam
         optimizer.aggregate_num = AGGREGATE_NUM
+        optimizer._fusable_cache = {}
     return trainer

@@ -74,6 +74,11 @@ def make_trainer(net, args, schedule, kv):
         opt_params['momentum'] = args.momentum
     elif optimizer == 'adam':
         optimizer = 'multiadam'  # Adam's numbers, one operator call per step (gluon_focal.optim)
+    if kv is not None and not isinstance(kv, str) and 'dist' not in kv.type:
+        # by name, so that gluon.Trainer drops it for a single context, as it does for
+        # every name: a KVStore object would be kept, and would update the parameters
+        # one at a time (kvstore updater) after copying every gradient and weight
+        kv = kv.type
     return gluon.Trainer(net.collect_params(), optimizer, opt_params, kvstore=kv)
 
 

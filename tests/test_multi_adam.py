@@ -199,11 +199,17 @@ def test_single_index_calls():
         np.testing.assert_array_equal(p.data().asnumpy(), ref_w[i].asnumpy())
 
 
-def test_make_trainer_uses_multi_adam():
-    params = make_params(PARAMS[:1])
+def test_make_trainer_uses_multi_adam(monkeypatch):
+    """--optimizer adam gives MultiAdam, and the examples' single-context 'device'
+    kvstore (an object) does not take the update over (one parameter at a time)."""
+    params = make_params(PARAMS[:2])
     net = type('Net', (), {'collect_params': lambda self: params})()
     args = argparse.Namespace(lr=0.01, wd=1e-4, optimizer='adam', momentum=0.9)
-    assert isinstance(make_trainer(net, args, None, None).optimizer, MultiAdam)
+    trainer = make_trainer(net, args, None, mx.kv.create('device'))
+    assert isinstance(trainer.optimizer, MultiAdam)
+    calls = record_calls(monkeypatch)
+    train(params, trainer, 1)
+    assert trainer._kvstore is None and calls == [[np.float32] * 2]
     args.optimizer = 'sgd'
     assert type(make_trainer(net, args, None, None).optimizer) is mx.optimizer.SGD
 
@@ -231,3 +237,28 @@ def test_errors(arrays_, attrs, message):
     with pytest.raises(mx.base.MXNetError, match='gluon_focal_multi_adam: .*' +
                        message.replace('(', r'\(').replace(')', r'\)')):
         call_op(arrays_, **attrs)
+
+
+def test_hybridized_conv_net_after_inference():
+    """A hybridized conv net's inference forward leaves its weights in MKLDNN's
+    layout (MXNet's CPU build), which the extension API cannot write; the next
+    training forward reorders them back before the update: the demo's flow
+    (validation between epochs), the same bits as Adam."""
+    results = []
+    for optimizer in ('adam', 'multiadam'):
+        mx.random.seed(0)
+        net = gluon.nn.HybridSequential()
+        net.add(gluon.nn.Conv2D(8, 3, padding=1, in_channels=3), gluon.nn.Activation('relu'),
+                gluon.nn.Conv2D(4, 3, padding=1, in_channels=8))
+        net.initialize(mx.init.Xavier())
+        net.hybridize(static_alloc=True, static_shape=True)
+        trainer = gluon.Trainer(net.collect_params(), optimizer, dict(OPT), kvstore=None)
+        x = mx.nd.array(np.random.RandomState(1).standard_normal((2, 3, 16, 16)))
+        for _ in range(2):
+            net(x).wait_to_read()   # inference ("validation")
+            with autograd.record():
+                loss = (net(x) ** 2).mean()
+            loss.backward()
+            trainer.step(2)
+        results.append([p.data().asnumpy() for p in net.collect_params().values()])
+    assert_same(*results)

@@ -18,10 +18,12 @@ kvstore updater -- goes through ``Adam`` itself.  States are Adam's
 ``(mean, var)`` per index, so ``Trainer.save_states``/``load_states`` files are
 interchangeable between the two (see :func:`keep_multi_adam`).
 """
+import ctypes
 import math
 
 import mxnet as mx
 import numpy as np
+from mxnet.base import _LIB
 from mxnet.optimizer import Adam
 
 from . import kernel
@@ -74,6 +76,16 @@ class MultiAdam(Adam):
         super(MultiAdam, self).__setstate__(state)
         self._fusable_cache = {}
 
+    @staticmethod
+    def _in_mkldnn_layout(weight):
+        """Whether MXNet's CPU build keeps ``weight`` in an MKLDNN layout (an
+        inference forward of a hybridized net reorders conv weights so; a training
+        forward reorders them back, but only once it runs).  The extension API
+        cannot write such an array (MXNet raises), so Adam's own path takes it.
+        MXNDArrayGetData refuses exactly those arrays, without waiting."""
+        data = ctypes.c_void_p()
+        return _LIB.MXNDArrayGetData(weight.handle, ctypes.byref(data)) != 0
+
     def _lr_wd(self, index):
         """Adam.update's bookkeeping for one index: (bias-corrected lr, wd)."""
         self._update_count(index)
@@ -92,7 +104,7 @@ class MultiAdam(Adam):
         # in index order, as Adam would: each index's update count moves num_update,
         # which the lr_scheduler reads for the indices after it
         for i, w, g, s in zip(index, weight, grad, state):
-            if self._fusable(i, w, g, s):
+            if self._fusable(i, w, g, s) and not self._in_mkldnn_layout(w):
                 lr, wd = self._lr_wd(i)
                 fused.append((w, g, s))
                 lrs.append(lr)

@@ -33,7 +33,8 @@ def make_params(specs=PARAMS, seed=0):
 
 
 def trainer_of(params, optimizer, **extra):
-    opt = dict(OPT, lr_scheduler=mx.lr_scheduler.FactorScheduler(step=2, factor=0.5), **extra)
+    opt = dict(OPT, lr_scheduler=mx.lr_scheduler.FactorScheduler(step=2, factor=0.5))
+    opt.update(extra)
     return gluon.Trainer(params, optimizer, opt, kvstore=None)
 
 
@@ -94,10 +95,11 @@ def reference_run(specs=PARAMS, steps=5, **extra):
     return params, trainer
 
 
-def test_same_bits_as_adam(monkeypatch):
-    ref_params, ref = reference_run()
+@pytest.mark.parametrize('lr', [0.01, 2.5e-5])   # 2.5e-5: lrs printed with an exponent
+def test_same_bits_as_adam(monkeypatch, lr):
+    ref_params, ref = reference_run(learning_rate=lr)
     params = make_params()
-    trainer = trainer_of(params, 'multiadam')
+    trainer = trainer_of(params, 'multiadam', learning_rate=lr)
     calls = record_calls(monkeypatch)
     train(params, trainer, 5)
     assert isinstance(trainer.optimizer, MultiAdam)
@@ -214,6 +216,28 @@ def test_make_trainer_uses_multi_adam(monkeypatch):
     assert type(make_trainer(net, args, None, None).optimizer) is mx.optimizer.SGD
 
 
+def test_attributes_read_as_mxnet_reads_them():
+    """MXNet's float parameters go through dmlc's strtof, not correctly rounded; the
+    operator reads lrs the same way: lr = -(the weight after one step with m = 1,
+    v = 0, beta1 = beta2 = epsilon = 1), for adam_update and for the operator."""
+    rng = np.random.RandomState(0)
+    texts = [repr(float(v)) for v in rng.uniform(0, 1, 60) * 10.0 ** rng.randint(-9, 2, 60)]
+    texts += ['2.6041666666666665e-05', '1e-08', '0.999', '[0.5']
+    unit = dict(beta1=1., beta2=1., epsilon=1.)
+    theirs = []
+    for text in texts:
+        w, m, v = mx.nd.zeros((1,)), mx.nd.ones((1,)), mx.nd.zeros((1,))
+        mx.nd.adam_update(w, mx.nd.zeros((1,)), m, v, out=w, lr=text.strip('['), **unit)
+        theirs.append(-w.asscalar())
+    arrays_ = [a for _ in texts for a in (mx.nd.zeros((1,)), mx.nd.zeros((1,)), mx.nd.ones((1,)),
+                                            mx.nd.zeros((1,)))]
+    call_op(arrays_, lrs=','.join(texts), wds=','.join(['0'] * len(texts)), **unit)
+    ours = [-a.asscalar() for a in arrays_[0::4]]
+    assert ours == theirs
+    # and they are not all the nearest floats (the test can tell the two readings apart)
+    assert [np.float32(float(t.strip('['))) for t in texts] != theirs
+
+
 def call_op(arrays_, **attrs):
     n = len(arrays_) // 4
     kw = dict(num_weights=n, lrs=','.join(['0.1'] * n), wds=','.join(['0'] * n))
@@ -239,26 +263,19 @@ def test_errors(arrays_, attrs, message):
         call_op(arrays_, **attrs)
 
 
-def test_hybridized_conv_net_after_inference():
-    """A hybridized conv net's inference forward leaves its weights in MKLDNN's
-    layout (MXNet's CPU build), which the extension API cannot write; the next
-    training forward reorders them back before the update: the demo's flow
-    (validation between epochs), the same bits as Adam."""
-    results = []
-    for optimizer in ('adam', 'multiadam'):
-        mx.random.seed(0)
-        net = gluon.nn.HybridSequential()
-        net.add(gluon.nn.Conv2D(8, 3, padding=1, in_channels=3), gluon.nn.Activation('relu'),
-                gluon.nn.Conv2D(4, 3, padding=1, in_channels=8))
-        net.initialize(mx.init.Xavier())
-        net.hybridize(static_alloc=True, static_shape=True)
-        trainer = gluon.Trainer(net.collect_params(), optimizer, dict(OPT), kvstore=None)
-        x = mx.nd.array(np.random.RandomState(1).standard_normal((2, 3, 16, 16)))
-        for _ in range(2):
-            net(x).wait_to_read()   # inference ("validation")
-            with autograd.record():
-                loss = (net(x) ** 2).mean()
-            loss.backward()
-            trainer.step(2)
-        results.append([p.data().asnumpy() for p in net.collect_params().values()])
-    assert_same(*results)
+def test_weights_in_mkldnn_layout_take_adams_path(monkeypatch):
+    """An inference forward of a hybridized conv net can leave conv weights in MKLDNN's
+    layout until the next training forward runs (the demo's validation, then the next
+    batch, on the asynchronous engine), and the extension API cannot write such an
+    array: those weights take Adam's path, in order, the rest the operator; the same
+    bits as Adam.  (Which weights MXNet reorders is not reproducible in a small net,
+    so the layout is reported for the 2-d and larger weights here.)"""
+    assert not MultiAdam._in_mkldnn_layout(mx.nd.ones((2, 3)))
+    monkeypatch.setattr(MultiAdam, '_in_mkldnn_layout', staticmethod(lambda w: w.ndim >= 2))
+    calls = record_calls(monkeypatch)
+    ref_params, ref = reference_run()
+    params = make_params()
+    trainer = trainer_of(params, 'multiadam')
+    train(params, trainer, 5)
+    assert [len(c) for c in calls] == [2, 1, 2, 2, 1]   # the 1-d parameters 1 and 3
+    assert_same(arrays(params, trainer), arrays(ref_params, ref))

@@ -50,11 +50,51 @@ MXReturnValue fail(const std::string& message) {
   return MX_FAIL;
 }
 
+// The float MXNet 1.9's operators read from `text`: their float parameters go
+// through dmlc-core's fast strtof, which is not correctly rounded (the integer
+// digits and the fraction are added in float, then an exponent is applied as one
+// float multiplication or division by a power of ten: '2.6041666666666665e-05'
+// is 1 ulp off the nearest float).  Parsing lrs and wds the same way gives
+// adam_update's numbers.  `text` is a number already checked by strtod.
+float mxnet_parameter_float(const std::string& text) {
+  const int kMaxFractionDigits = 19;
+  const char* p = text.c_str();
+  while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '[' || *p == '(') ++p;   // as parse_double
+  const bool negative = *p == '-';
+  if (*p == '-' || *p == '+') ++p;
+  float value = 0.f;
+  for (; *p >= '0' && *p <= '9'; ++p) value = value * 10.0f + static_cast<float>(*p - '0');
+  if (*p == '.') {
+    uint64_t digits = 0, power = 1;
+    int count = 0;
+    for (++p; *p >= '0' && *p <= '9'; ++p, ++count) {
+      if (count < kMaxFractionDigits) {
+        digits = digits * 10 + static_cast<uint64_t>(*p - '0');
+        power *= 10;
+      }
+    }
+    value += static_cast<float>(static_cast<double>(digits) / static_cast<double>(power));
+  }
+  if (*p == 'e' || *p == 'E') {
+    ++p;
+    const bool divide = *p == '-';
+    if (*p == '-' || *p == '+') ++p;
+    unsigned exponent = 0;
+    for (; *p >= '0' && *p <= '9'; ++p) exponent = exponent * 10 + static_cast<unsigned>(*p - '0');
+    exponent = std::min(exponent, 38u);
+    float scale = 1.0f;
+    for (; exponent >= 8; exponent -= 8) scale *= 1E8f;
+    for (; exponent > 0; --exponent) scale *= 10.0f;
+    value = divide ? value / scale : value * scale;
+  }
+  return negative ? -value : value;
+}
+
 std::string parse_float(const std::string& key, const std::string& text, float* out) {
   double v;
   if (!parse_double(text, &v) || !std::isfinite(v))
     return "attribute " + key + "='" + text + "' must be a finite number";
-  *out = static_cast<float>(v);
+  *out = mxnet_parameter_float(text);
   return "";
 }
 

@@ -13,8 +13,9 @@ states are the bits ``Adam`` gives.  (``mx.nd.contrib.multi_adamw_update`` is
 AdamW, decoupled weight decay: another recipe.)
 
 Everything else -- float16/float64 (with or without ``multi_precision``),
-sparse arrays, non-CPU contexts, a missing kernel, the one-index calls of a
-kvstore updater -- goes through ``Adam`` itself.  States are Adam's
+sparse arrays, non-CPU contexts, weights MXNet holds in an MKLDNN layout at that
+moment, a missing kernel, the one-index calls of a kvstore updater (a ``Trainer``
+that updates on its kvstore) -- goes through ``Adam`` itself.  States are Adam's
 ``(mean, var)`` per index, so ``Trainer.save_states``/``load_states`` files are
 interchangeable between the two (see :func:`keep_multi_adam`).
 """

@@ -49,6 +49,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--num-train', type=int, default=256)
     parser.add_argument('--repeat', type=int, default=10)
+    parser.add_argument('--optimizer', default='multiadam', choices=('multiadam', 'adam'),
+                        help="the demo's (gluon_focal.optim.MultiAdam) or MXNet's Adam")
     opts = parser.parse_args()
     args = demo.parse_args(['--num-train', str(opts.num_train), '--num-val', '8'])
     mx.random.seed(0)
@@ -59,10 +61,11 @@ def main():
     loader, _ = demo.get_loaders(args, net, train_set, val_set, None)
     loss_fn = demo.RetinaNetLoss(num_class=len(classes))
     loss_fn.hybridize(static_alloc=True, static_shape=True)
-    trainer = gluon.Trainer(net.collect_params(), 'adam', {'learning_rate': 1e-4, 'wd': 1e-4})
+    trainer = gluon.Trainer(net.collect_params(), opts.optimizer, {'learning_rate': 1e-4, 'wd': 1e-4})
     batch = args.batch_size
-    print('threads %s, batch %d, %dx%d, load average %s' % (
+    print('threads %s, batch %d, %dx%d, %s, load average %s' % (
         os.environ.get('OMP_NUM_THREADS', 'default'), batch, args.data_shape, args.data_shape,
+        opts.optimizer,
         ' '.join(open('/proc/loadavg').read().split()[:3])))
 
     def epoch_of_loader():

@@ -14,6 +14,7 @@ from .init import PriorProbability  # noqa: E402
 from .validation import resolve_label_mode  # noqa: E402
 from .loss import FocalLoss  # noqa: E402
 from . import nn  # noqa: E402
+from . import optim  # noqa: E402  (registers the 'multiadam' optimizer)
 
 __version__ = '0.1.0'
-__all__ = ['FocalLoss', 'PriorProbability', 'resolve_label_mode', 'kernel', 'nn']
+__all__ = ['FocalLoss', 'PriorProbability', 'resolve_label_mode', 'kernel', 'nn', 'optim']

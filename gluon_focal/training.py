@@ -31,6 +31,8 @@ import time
 import numpy as np
 import mxnet as mx
 
+from .optim import keep_multi_adam
+
 
 def add_training_args(parser, *, epochs, batch_size, lr, out_dir):
     """Add the arguments every example takes, with example-specific defaults."""
@@ -67,9 +69,17 @@ def make_trainer(net, args, schedule, kv):
     with the learning-rate ``schedule``."""
     from mxnet import gluon
     opt_params = {'learning_rate': args.lr, 'wd': args.wd, 'lr_scheduler': schedule}
-    if args.optimizer == 'sgd':
+    optimizer = args.optimizer
+    if optimizer == 'sgd':
         opt_params['momentum'] = args.momentum
-    return gluon.Trainer(net.collect_params(), args.optimizer, opt_params, kvstore=kv)
+    elif optimizer == 'adam':
+        optimizer = 'multiadam'  # Adam's numbers, one operator call per step (gluon_focal.optim)
+    if kv is not None and not isinstance(kv, str) and 'dist' not in kv.type:
+        # by name, so that gluon.Trainer drops it for a single context, as it does for
+        # every name: a KVStore object would be kept, and would update the parameters
+        # one at a time (kvstore updater) after copying every gradient and weight
+        kv = kv.type
+    return gluon.Trainer(net.collect_params(), optimizer, opt_params, kvstore=kv)
 
 
 def contexts_from_args(args):
@@ -173,6 +183,7 @@ class CheckpointManager:
         net.load_parameters(entry['params'], ctx=ctx)
         if _holds_optimizer_states(trainer) and entry['states']:
             trainer.load_states(entry['states'])
+            keep_multi_adam(trainer)  # states saved by plain Adam (before MultiAdam)
         return entry['epoch'], entry['history']
 
 

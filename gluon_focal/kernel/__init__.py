@@ -4,7 +4,9 @@ The operator is a C++ MXNet extension library (``libgluon_focal_op.so``, built
 from the sources next to this file by the package's setup.py or by
 ``python -m gluon_focal.kernel.build``).  :func:`load` registers it with MXNet
 (``mx.nd.gluon_focal_loss`` / ``mx.sym.gluon_focal_loss``), and also
-``gluon_focal_group_norm`` (MXNet's GroupNorm, fused; see :mod:`gluon_focal.nn`).
+``gluon_focal_group_norm`` (MXNet's GroupNorm, fused; see :mod:`gluon_focal.nn`) and
+``gluon_focal_multi_adam`` (MXNet's adam_update for many parameters in one call; see
+:mod:`gluon_focal.optim`).
 
 Operator contract (all attributes are strings; :func:`op_attrs` builds them):
 

@@ -27,7 +27,11 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 LIB_NAME = 'libgluon_focal_op.so'
 COMMON_SOURCES = ['operator.cc', 'attributes.cc', 'plan.cc', 'compute.cc', 'thread_pool.cc',
-                  'errors.cc', 'simd_dispatch.cc', 'loops_scalar.cc', 'group_norm.cc']
+                  'errors.cc', 'simd_dispatch.cc', 'loops_scalar.cc', 'group_norm.cc',
+                  'multi_adam.cc']
+# extra flags of some common sources: multi_adam.cc rounds as MXNet's adam_update
+# (no fused multiply-add on any ISA)
+SOURCE_FLAGS = {'multi_adam.cc': ['-ffp-contract=off']}
 # per-ISA loops: source -> flags (x86 only)
 ISA_SOURCES = {
     'loops_avx2.cc': ['-mavx2', '-mfma', '-mf16c'],
@@ -103,7 +107,7 @@ def compile_commands(cxx, mx_dir, obj_dir):
     """(object path, command) for every source, lib_api.cc included."""
     base = cxx.split() + ['-std=c++14', '-O3', '-fPIC', '-ffp-contract=fast', '-fno-math-errno',
                           '-pthread', '-Wall', '-I' + os.path.join(mx_dir, 'include'), '-I' + HERE]
-    sources = [(os.path.join(HERE, s), []) for s in COMMON_SOURCES]
+    sources = [(os.path.join(HERE, s), SOURCE_FLAGS.get(s, [])) for s in COMMON_SOURCES]
     if _is_x86():
         sources += [(os.path.join(HERE, s), flags) for s, flags in sorted(ISA_SOURCES.items())]
     sources.append((os.path.join(mx_dir, 'src', 'lib_api.cc'), []))

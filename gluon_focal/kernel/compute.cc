@@ -69,30 +69,6 @@ void store_compute(const CT* src, To* dst, int64_t n, const KernelTable& isa) {
   for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<To>(src[i]);
 }
 
-// Class index of a sparse label, or a SparseLabelKind (chunk_kernels.h):
-// classify_sparse_labels' rule for one label of any dtype, in double.
-struct SparseLabelRule {
-  double ignore_label, background_label;   // NaN when there is none: never equal
-  double num_classes;
-
-  explicit SparseLabelRule(const Plan& p)
-      : ignore_label(p.attrs.has_ignore_label ? p.attrs.ignore_label : std::nan("")),
-        background_label(p.attrs.has_background_label ? p.attrs.background_label : std::nan("")),
-        num_classes(static_cast<double>(p.num_classes)) {}
-
-  template <class LabT>
-  int64_t classify(LabT raw) const {
-    const double v = as_double(raw);
-    if (v == ignore_label) return kIgnoredLabel;
-    if (v == background_label) return kBackgroundLabel;   // may be in [0, C)
-    if (v >= 0.0 && v < num_classes) {
-      const int64_t c = static_cast<int64_t>(v);
-      if (static_cast<double>(c) == v) return c;
-    }
-    return kNotAClass;
-  }
-};
-
 // Per-element codes of a pattern-layout chunk with sparse labels (1: the
 // label's class, 0: another class, -1: ignored position), from the labels'
 // classes (one vector of labels at a time: classify_sparse_labels).  Returns
@@ -121,21 +97,30 @@ int64_t build_codes(const Plan& p, const ChunkSpan& span, const LabT* labels, co
 }
 
 // Per chunk: how many elements count (valid) and the sum of their targets.
+// Sparse labels are classified as build_codes does (classify_sparse_labels).
 template <class LabT>
-void count_labels(const Plan& p, const LabT* labels, int threads, std::vector<double>* valid,
+void count_labels(const Plan& p, const LabT* labels, int threads, const KernelTable& isa,
+                  const CallConstants<float>& k, std::vector<double>* valid,
                   std::vector<double>* positive) {
   valid->assign(p.num_chunks, 0.0);
   positive->assign(p.num_chunks, 0.0);
   const Attributes& a = p.attrs;
-  const SparseLabelRule rule(p);
-  parallel_for_chunks(p.num_chunks, threads, [] { return 0; }, [&](int, int64_t id) {
+  struct LabelBuffers { std::vector<float> labels; std::vector<int32_t> classes; };
+  auto make_buffers = [&] {
+    const size_t n = a.mode == LabelMode::kSparse ? static_cast<size_t>(p.max_chunk_len) : 0;
+    return LabelBuffers{std::vector<float>(std::is_same<LabT, float>::value ? 0 : n),
+                        std::vector<int32_t>(n)};
+  };
+  parallel_for_chunks(p.num_chunks, threads, make_buffers, [&](LabelBuffers& buf, int64_t id) {
     ChunkSpan span = chunk_span(p, id);
     double n_valid = 0.0, n_positive = 0.0;
     if (a.mode == LabelMode::kSparse) {
       // each label once: the super-rows of a pattern chunk, the class-0 rows
       const int64_t n = p.pattern_layout ? span.super_rows * p.inner : (span.row_class == 0 ? span.len : 0);
+      const float* l = as_compute(labels + span.label_start, n, buf.labels.data(), isa, true);
+      isa.classify_sparse_labels(l, n, k, buf.classes.data());
       for (int64_t j = 0; j < n; ++j) {
-        int64_t c = rule.classify(labels[span.label_start + j]);
+        const int32_t c = buf.classes[j];
         if (c == kIgnoredLabel || c == kNotAClass) continue;
         n_valid += static_cast<double>(p.num_classes);
         if (c >= 0) n_positive += 1.0;
@@ -155,7 +140,8 @@ void count_labels(const Plan& p, const LabT* labels, int threads, std::vector<do
 
 // The number each sample's sum is divided by.
 template <class LabT>
-std::vector<double> denominators(const Plan& p, const LabT* labels, int threads) {
+std::vector<double> denominators(const Plan& p, const LabT* labels, int threads,
+                                 const KernelTable& isa, const CallConstants<float>& k) {
   const Normalization norm = p.attrs.normalization;
   std::vector<double> den(p.batch, 1.0);
   const double per_sample = static_cast<double>(p.num_elements / std::max<int64_t>(1, p.batch));
@@ -164,7 +150,7 @@ std::vector<double> denominators(const Plan& p, const LabT* labels, int threads)
     std::fill(den.begin(), den.end(), per_sample);
   } else if (norm == Normalization::kValid || norm == Normalization::kPositive) {
     std::vector<double> valid, positive;
-    count_labels(p, labels, threads, &valid, &positive);
+    count_labels(p, labels, threads, isa, k, &valid, &positive);
     if (norm == Normalization::kValid) {
       std::vector<double> per(p.batch, 0.0);
       for (int64_t id = 0; id < p.num_chunks; ++id) per[(id / p.chunks_per_sample) % p.batch] += valid[id];
@@ -281,8 +267,7 @@ std::string run(const Plan& p, Pass pass, const PredT* pred, const LabT* labels,
   const Attributes& a = p.attrs;
   const KernelTable& isa = active_kernels();
   const bool forward = pass == Pass::kForward;
-  const int threads = p.num_elements < kSerialBelow
-      ? 1 : static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), p.num_chunks)));
+  const int threads = threads_for(p.num_elements, p.num_chunks, kSerialBelow);
   const TargetSource source = target_source(p);
   const ChunkKernel<CT> kernel = pick<CT>(isa, pass, gamma_kind(a.gamma), a.from_sigmoid, source);
   const CallConstants<CT> constants = call_constants<CT>(p);
@@ -291,7 +276,7 @@ std::string run(const Plan& p, Pass pass, const PredT* pred, const LabT* labels,
   const std::vector<CT> alpha1_by_offset(p.alpha1_by_offset.begin(), p.alpha1_by_offset.end());
 
   std::vector<double> den, coef;
-  if (reduced(p)) den = denominators(p, labels, threads);
+  if (reduced(p)) den = denominators(p, labels, threads, isa, float_constants);
   if (!forward && reduced(p)) {
     coef.resize(p.batch);
     for (int64_t b = 0; b < p.batch; ++b) coef[b] = a.scale * as_double(out_grad[b]) / den[b];

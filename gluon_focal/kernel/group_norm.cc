@@ -66,8 +66,7 @@ struct Blocks {
   int64_t count() const { return samples * groups; }
   int64_t elements() const { return count() * length; }
   int threads() const {
-    return elements() < kSerialBelow
-        ? 1 : static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), count())));
+    return threads_for(elements(), count(), kSerialBelow);
   }
 };
 

@@ -279,8 +279,7 @@ MXReturnValue forward(const AttributeMap& attrs, std::vector<MXTensor>* inputs,
       chunks.push_back(Chunk{w, begin, std::min(size, begin + kChunk)});
     total += size;
   }
-  const int threads = total < kSerialBelow
-      ? 1 : static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), chunks.size())));
+  const int threads = threads_for(total, static_cast<int64_t>(chunks.size()), kSerialBelow);
   parallel_for_chunks(static_cast<int64_t>(chunks.size()), threads, [] { return 0; },
                       [&](int, int64_t id) {
     const Chunk& c = chunks[id];

@@ -121,6 +121,11 @@ int num_threads() {
 
 void set_num_threads(int n) { g_num_threads_override.store(n > 0 ? n : 0); }
 
+int threads_for(int64_t elements, int64_t pieces, int64_t serial_below) {
+  if (elements < serial_below) return 1;
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), pieces)));
+}
+
 void run_job(Job* job, int threads) { Pool::get().run(job, threads); }
 
 namespace {

@@ -38,6 +38,11 @@ struct Job {
   int64_t claim() { return next.fetch_add(1, std::memory_order_relaxed); }
 };
 
+// Threads for a call of `elements` elements split into `pieces`: one below
+// `serial_below` elements (waking a helper costs more than it saves), else
+// num_threads(), but no more than there are pieces.
+int threads_for(int64_t elements, int64_t pieces, int64_t serial_below);
+
 // Runs job->body on the calling thread and on up to threads - 1 helpers.
 void run_job(Job* job, int threads);
 

@@ -185,13 +185,11 @@ class ForwardStep(object):
         self.blk(self.x, self.y).wait_to_read()
 
 
-class LossStep(object):
+class LossStep(ForwardStep):
     """One implementation's forward + backward on fixed inputs."""
 
     def __init__(self, blk, x_np, y_np):
-        self.blk = AsLastLayer(blk)
-        self.blk.hybridize(static_alloc=True, static_shape=True)
-        self.x, self.y = mx.nd.array(x_np), mx.nd.array(y_np)
+        super(LossStep, self).__init__(blk, x_np, y_np)
         self.x.attach_grad()
 
     def step(self):

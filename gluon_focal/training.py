@@ -411,13 +411,17 @@ def detection_datasets(args):
     ``VOCDetection``-like items ``(HxWx3 uint8 image, (M, >=5) label)``."""
     from .detection.data import SyntheticShapesDetection, coco_detection, voc_detection
     if args.dataset == 'synthetic':
-        # train and validation images come from different seeds; rendered once
-        # (kept in memory) unless that would take more than 1 GB
-        common = dict(size=args.data_shape, min_size=args.min_object_size,
-                      cache=(args.num_train + args.num_val) * 3 * args.data_shape ** 2 < 2 ** 30)
+        # train and validation images come from different seeds; rendered before
+        # training and kept in memory (like a dataset on disk), unless that would
+        # take more than 1 GB: then rendered on every access
+        cache = (args.num_train + args.num_val) * 3 * args.data_shape ** 2 < 2 ** 30
+        common = dict(size=args.data_shape, min_size=args.min_object_size, cache=cache)
         train_set = SyntheticShapesDetection(num_images=args.num_train, seed=args.seed, **common)
         val_set = SyntheticShapesDetection(num_images=args.num_val, seed=args.seed + 10 ** 6,
                                            **common)
+        if cache:
+            train_set.render_all()
+            val_set.render_all()
         return train_set, val_set, list(train_set.classes)
     if not args.data_root:
         raise SystemExit('--dataset %s needs --data-root' % args.dataset)

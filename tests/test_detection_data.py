@@ -54,6 +54,17 @@ def test_cache_gives_the_same_items():
     assert cached._cache is not None and len(cached._cache) == 4
 
 
+def test_render_all_fills_the_cache_with_the_same_items():
+    plain = SyntheticShapesDetection(num_images=3, size=48, seed=2)
+    ready = SyntheticShapesDetection(num_images=3, size=48, seed=2, cache=True).render_all()
+    assert sorted(ready._cache) == [0, 1, 2]
+    for i in range(3):
+        np.testing.assert_array_equal(ready._cache[i][0], plain[i][0].asnumpy())
+        np.testing.assert_array_equal(ready[i][1], plain[i][1])
+    with pytest.raises(ValueError, match='render_all: the dataset was made with cache=False'):
+        plain.render_all()
+
+
 def test_boxes_valid_tight_and_diverse():
     h, w = 112, 144
     ds = SyntheticShapesDetection(num_images=40, size=(h, w), seed=0, noise=0, clutter=0)

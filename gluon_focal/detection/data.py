@@ -153,6 +153,18 @@ class SyntheticShapesDetection(gluon.data.Dataset):
             return self._transform(img, label)
         return img, label
 
+    def render_all(self):
+        """Render every item into the cache now (``cache=True``), as a dataset on
+        disk exists before training: the first epoch then trains at the speed of
+        the others. Returns the dataset."""
+        if self._cache is None:
+            raise ValueError('render_all: the dataset was made with cache=False, so the '
+                             'rendered images would not be kept')
+        for idx in range(len(self)):
+            if idx not in self._cache:
+                self._cache[idx] = self.render(idx)
+        return self
+
     def __str__(self):
         return '%s(num_images=%d, size=%dx%d, seed=%d)' % (
             type(self).__name__, self._num_images, self._h, self._w, self._seed)

@@ -182,7 +182,8 @@ class RetinaNetTrainTransform(object):
         img = src
         if self._color_jitter:
             img = experimental.image.random_color_distort(img)
-        img = timage.imresize(img, self._width, self._height, interp=1)
+        if (h, w) != (self._height, self._width):  # resizing to its own size copies it
+            img = timage.imresize(img, self._width, self._height, interp=1)
         bbox = tbbox.resize(label, (w, h), (self._width, self._height))
         if self._flip:
             img, flips = timage.random_flip(img, px=0.5)

@@ -281,14 +281,17 @@ def train(path, epochs, threads, batch_size=8, lr=0.002, wd=1e-4, warmup_epochs=
 # 3. --alternate: ours and the peer in turns, each timing run under the lock
 # ---------------------------------------------------------------------------
 def _timed(cmd, cwd, env, log):
-    load = os.getloadavg()[0]
-    full = ['flock', '/tmp/cpu.lock'] + cmd
-    print('$ ' + ' '.join(full), flush=True)
+    """Run ``cmd`` under the lock; return the 1-minute load average when the lock was
+    taken and when the run ended."""
+    full = ['flock', '/tmp/cpu.lock', 'sh', '-c',
+            'cut -d" " -f1 /proc/loadavg > "$0.load" && exec "$@"', log] + cmd
+    print('$ flock /tmp/cpu.lock ' + ' '.join(cmd), flush=True)
     with open(log, 'w') as f:
         proc = subprocess.run(full, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT)
     if proc.returncode:
         sys.exit('failed (%d), see %s' % (proc.returncode, log))
-    return load
+    with open(log + '.load') as f:
+        return float(f.read()), os.getloadavg()[0]
 
 
 def alternate(args):
@@ -305,7 +308,10 @@ def alternate(args):
         # ABBA order, so that neither side always runs first after the other's load
         for side in (('ours', 'peer') if r % 2 == 0 else ('peer', 'ours')):
             out = os.path.join(work, '%s-%d' % (side, r))
-            if side == 'ours':
+            if side == 'ours':  # the checkout may change between rounds: say which ran
+                commit = subprocess.run(['git', '-C', args.repo, 'rev-parse', '--short', 'HEAD'],
+                                        capture_output=True, text=True).stdout.strip()
+                print('%s at %s' % (args.repo, commit or '?'), flush=True)
                 load = _timed([args.mx_python, 'examples/train_retinanet.py', '--epochs',
                                str(args.epochs), '--out-dir', out], args.repo, env, out + '.log')
                 with open(os.path.join(out, 'results.json')) as f:
@@ -318,18 +324,20 @@ def alternate(args):
                 with open(out + '.json') as f:
                     speeds = json.load(f)['history']['images_per_s']
             runs[side] = (speeds, load)
-            print('round %d %s: %s img/s (load %.2f)' % (
-                r + 1, side, ' '.join('%.1f' % s for s in speeds), load), flush=True)
+            print('round %d %s: %s img/s (load %.2f-%.2f)' % (
+                r + 1, side, ' '.join('%.1f' % s for s in speeds), load[0], load[1]),
+                flush=True)
         rows.append(runs)
     head = ' '.join('ep%d' % (e + 1) for e in range(args.epochs))
     print('\nimages/s per epoch, %d threads, logs in %s' % (args.threads, work))
-    print('%-5s %-6s %-22s %-6s %s' % ('round', 'side', head, 'load1', 'ours/peer per epoch'))
+    print('%-5s %-6s %-22s %-10s %s' % ('round', 'side', head, 'load1', 'ours/peer per epoch'))
     for r, runs in enumerate(rows):
         for side in ('ours', 'peer'):
             speeds, load = runs[side]
             ratio = ' '.join('%.2f' % (a / b) for a, b in zip(runs['ours'][0], runs['peer'][0]))
-            print('%-5d %-6s %-22s %-6.2f %s' % (r + 1, side, ' '.join('%6.1f' % s for s in speeds),
-                                                load, ratio if side == 'ours' else ''))
+            print('%-5d %-6s %-22s %-10s %s' % (
+                r + 1, side, ' '.join('%6.1f' % s for s in speeds), '%.2f-%.2f' % load,
+                ratio if side == 'ours' else ''))
     ours = np.array([runs['ours'][0] for runs in rows])
     peer = np.array([runs['peer'][0] for runs in rows])
     # epoch 1 includes each side's warm-up (graph building, allocator): compare the rest too

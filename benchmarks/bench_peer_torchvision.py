@@ -15,12 +15,12 @@ set (200 images, seed 10**6), rendered once by our generator and saved to an ``.
 Three entry modes; the torch side never imports mxnet (separate virtualenvs)::
 
     # 1. render the demo's data (python with mxnet + gluon_focal; counts our parameters)
-    PYTHONPATH=/work/main python benchmarks/bench_peer_torchvision.py --render /tmp/shapes.npz
+    python benchmarks/bench_peer_torchvision.py --render /tmp/shapes.npz
     # 2. train torchvision's RetinaNet on it (python with torch + torchvision)
     OMP_NUM_THREADS=2 python benchmarks/bench_peer_torchvision.py --train /tmp/shapes.npz
     # 3. both, alternated, each timing run under `flock /tmp/cpu.lock` (any python)
     python benchmarks/bench_peer_torchvision.py --alternate --rounds 3 --epochs 3 \\
-        --repo /work/main --mx-python /work/main/.venv/bin/python --torch-python /tmp/tv/bin/python
+        --torch-python /tmp/tv/bin/python   # the repo's .venv runs the demo
 
 images/s has the demo's definition: images trained / wall time of the epoch's training
 loop (data preparation included, validation excluded). Validation (VOC07 11-point mAP
@@ -363,9 +363,13 @@ def main():
                         help='--train: skip the per-epoch validation mAP')
     parser.add_argument('--rounds', type=int, default=3, help='--alternate: pairs of runs')
     parser.add_argument('--data', default=None, help='--alternate: the .npz (rendered if absent)')
-    parser.add_argument('--mx-python', default='/work/main/.venv/bin/python')
-    parser.add_argument('--torch-python', default='/tmp/tv/bin/python')
+    parser.add_argument('--mx-python', default=None,
+                        help="python with mxnet and gluon_focal; None: the repo's .venv")
+    parser.add_argument('--torch-python', default=sys.executable,
+                        help='python with torch and torchvision (a separate virtualenv: '
+                             'mxnet needs numpy<1.24)')
     args = parser.parse_args()
+    args.mx_python = args.mx_python or os.path.join(args.repo, '.venv', 'bin', 'python')
     if args.render:
         render(args.render, args.repo)
     elif args.train:

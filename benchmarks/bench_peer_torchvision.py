@@ -22,6 +22,14 @@ Three entry modes; the torch side never imports mxnet (separate virtualenvs)::
     python benchmarks/bench_peer_torchvision.py --alternate --rounds 3 --epochs 3 \\
         --torch-python /tmp/tv/bin/python   # the repo's .venv runs the demo
 
+What is not the same, by design of each library: torchvision divides each image's loss
+by that image's positives (ours: by the batch's); it matches anchors in every step's
+forward (ours: once per (image, flip) in the loader, cached; both are timed); its
+anchor centres sit at k x stride (GluonCV's at k x stride + (size - 1) / 2); its
+GroupNorm has per-channel affine parameters and its head convs no bias (ours: per group,
+with bias; 3,223,185 against 3,222,993 parameters); initialisation; it normalises the
+input in the model; it runs eagerly (ours: a hybridized static graph).
+
 images/s has the demo's definition: images trained / wall time of the epoch's training
 loop (data preparation included, validation excluded). Validation (VOC07 11-point mAP
 at IoU 0.5, numpy, below) runs after every epoch unless ``--no-val``.

@@ -9,6 +9,8 @@ of the RetinaNet demo's training step.
 output channels padded to a multiple of 16: a detection head's predictor (9
 anchors x 5 classes = 45 channels) otherwise falls off MKLDNN's blocked kernels.
 """
+import functools
+
 import mxnet as mx
 from mxnet import ndarray
 from mxnet.gluon import nn
@@ -74,6 +76,11 @@ class GroupNorm(nn.GroupNorm):
         return out[0]
 
 
+@functools.lru_cache(maxsize=None)
+def _mkldnn():
+    """Whether this MXNet was built with MKLDNN (asked once: Features() lists them all)."""
+    return mx.runtime.Features().is_enabled('MKLDNN')
+
 
 class Conv2D(nn.Conv2D):
     """Drop-in for ``mxnet.gluon.nn.Conv2D`` (same parameters, names, shapes and
@@ -112,7 +119,7 @@ class Conv2D(nn.Conv2D):
             return False
         if self._pad_channels is True:
             return True
-        if not mx.runtime.Features().is_enabled('MKLDNN'):
+        if not _mkldnn():
             return False
         context = x.context if isinstance(x, ndarray.NDArray) else None
         return kernel.choose_backend('auto', True, context) == 'fused'

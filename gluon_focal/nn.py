@@ -89,17 +89,18 @@ class Conv2D(nn.Conv2D):
 
     MKLDNN's fast CPU convolutions work on 16-channel blocks; with another number
     of output channels MKLDNN 1.9 falls back to a GEMM kernel and plain layouts,
-    2-4x slower (``benchmarks/bench_retinanet_train.py``: the RetinaNet demo's
-    step is ~10% faster). Padding costs up to a third more filters (so 12 or more
+    2-4x slower (the RetinaNet demo's training step: 5-10% faster, see
+    docs/detection.md). Padding costs up to a third more filters (so 12 or more
     channels are padded: 45 -> 48, 36 -> 48, not 4 -> 16), a concat of the
-    weights and a slice of the output.
+    weights and a slice of the output. Layout NCHW only.
 
     Parameters are those of ``mxnet.gluon.nn.Conv2D``, plus:
 
     pad_channels : {'auto', True, False}
         'auto' pads where MXNet was built with MKLDNN and the input is on CPU
         (for a Symbol inside a hybridized parent: when no GPU is visible; see
-        :func:`gluon_focal.kernel.choose_backend`).
+        :func:`gluon_focal.kernel.choose_backend`); True on any context. Either
+        only where the rule above allows.
     """
 
     CHANNEL_BLOCK = 16
@@ -115,7 +116,8 @@ class Conv2D(nn.Conv2D):
     def _pads(self, x):
         pad = -self._channels % self.CHANNEL_BLOCK
         # at most a third more filters: 1..11 channels stay on MKLDNN's GEMM path
-        if pad == 0 or 3 * pad > self._channels or self._pad_channels is False:
+        if (pad == 0 or 3 * pad > self._channels or self._pad_channels is False
+                or self._kwargs['layout'] != 'NCHW'):
             return False
         if self._pad_channels is True:
             return True

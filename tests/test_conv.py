@@ -76,6 +76,7 @@ def test_pads_only_where_it_helps():
     assert Conv2D(45, 3)._pads(cpu) == MKLDNN
     assert Conv2D(12, 3)._pads(cpu) == MKLDNN
     assert not Conv2D(45, 3, pad_channels=False)._pads(cpu)
+    assert not Conv2D(45, 3, layout='NHWC', pad_channels=True)._pads(cpu)
     # a Symbol (inside a hybridized parent): padded when the graph can only run on CPU
     assert Conv2D(45, 3)._pads(mx.sym.var('x')) == (MKLDNN and mx.context.num_gpus() == 0)
 

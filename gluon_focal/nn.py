@@ -88,8 +88,8 @@ class Conv2D(nn.Conv2D):
     filters to a multiple of 16 where MKLDNN computes it, and slices them off.
 
     MKLDNN's fast CPU convolutions work on 16-channel blocks; with another number
-    of output channels MKLDNN 1.9 falls back to a GEMM kernel and plain layouts,
-    2-4x slower (the RetinaNet demo's training step: 5-10% faster, see
+    of output channels MXNet 1.9's MKLDNN falls back to a GEMM kernel and plain
+    layouts, 2-4x slower (the RetinaNet demo's training step: 5-10% faster, see
     docs/detection.md). Padding costs up to a third more filters (so 12 or more
     channels are padded: 45 -> 48, 36 -> 48, not 4 -> 16), a concat of the
     weights and a slice of the output. Layout NCHW only.

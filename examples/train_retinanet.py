@@ -2,9 +2,11 @@
 
 With no arguments this trains a small RetinaNet-ResNet18 from scratch on the
 synthetic shapes dataset, on the CPU: 6 epochs of 1024 128x128 images took
-81 s at 2 threads (``OMP_NUM_THREADS=2``, ~90 images/s; 4-7 minutes when other jobs
-hold the cores) and reached a validation VOC07 mAP of 0.85-0.89 (200 images). It writes under ``--out-dir`` (``runs/retinanet``) the layout
-every example shares (``gluon_focal.training``):
+66-89 s at 2 threads (``OMP_NUM_THREADS=2``, 80-117 images/s per epoch on a 2-core VM
+whose speed varies; 1.33x torchvision's RetinaNet in the same run, see docs/detection.md;
+minutes more when other jobs hold the cores) and reached a validation VOC07 mAP of
+0.865-0.878 over seeds 0-2 (200 images). It writes under ``--out-dir``
+(``runs/retinanet``) the layout every example shares (``gluon_focal.training``):
 
 * ``checkpoint.json`` + ``epoch-NNNN.params/.states`` -- one atomic checkpoint per epoch,
   numbered from 1 (``--resume`` continues from the last complete one; a larger

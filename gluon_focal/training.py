@@ -363,10 +363,12 @@ def finish_run(args, history, final, summary, picture, start, num_workers):
     epochs (...)`` (``picture`` names the PNG in it)."""
     write_results(os.path.join(args.out_dir, 'results.json'), history, final=final,
                   seconds_this_run=time.time() - start, args=vars(args))
-    print('final validation %s after %d epochs (%.0f s this run, %.0f img/s); results, '
-          'curves, %s and checkpoints in %s' % (
+    # every epoch trains the same images: the run's rate is the harmonic mean
+    speeds = history['images_per_s']
+    print('final validation %s after %d epochs (%.0f s this run, trained at %.0f img/s over '
+          'the epochs); results, curves, %s and checkpoints in %s' % (
               summary, len(history['loss']), time.time() - start,
-              history['images_per_s'][-1] * num_workers, picture, args.out_dir))
+              len(speeds) / sum(1. / s for s in speeds) * num_workers, picture, args.out_dir))
 
 
 # ---------------------------------------------------------------------------

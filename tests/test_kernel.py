@@ -519,6 +519,48 @@ def test_bad_values_raise_on_every_path():
                 assert got.count('gluon_focal_loss: ') == 1, (name, path, got)
 
 
+ERROR_RACE_SCRIPT = textwrap.dedent("""
+    import json, os, sys, mxnet as mx
+    from gluon_focal import kernel
+    kernel.load()
+    x = mx.nd.zeros((6, 4))
+    bad = mx.nd.array([0, 1, 7, 0, 1, 2])
+    good = mx.nd.array([0, 1, 2, 3, 0, 1])
+    messages = []
+    for i in range(int(sys.argv[1])):
+        failing = kernel.fused_focal_loss(mx.nd, x, bad, mode='sparse')  # fails on an engine thread
+        for _ in range(8):   # meanwhile the main thread calls into the library
+            kernel.fused_focal_loss(mx.nd, x, good, mode='sparse')
+        try:
+            failing.asnumpy()
+        except mx.base.MXNetError as err:
+            messages.append(str(err))
+    print(json.dumps(messages[-3:] + [len(messages)]), flush=True)
+    os._exit(0)
+""")
+
+
+def test_errors_on_an_engine_thread_while_the_main_thread_calls_the_library():
+    """MXNet reads the library's error list after every call, on the calling
+    thread, without a lock: an op failing on an engine thread while the main thread
+    pushes more calls once made that read hit freed memory (a segfault, or a
+    garbled message, in 2 of 4 runs of 2000 rounds). Each message is one entry,
+    complete before MXNet can see it, so failures stay clean and every call reads
+    one message, not all earlier ones."""
+    proc = subprocess.run([sys.executable, '-c', ERROR_RACE_SCRIPT, '1500'], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    *last, count = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert count == 1500
+    for message in last:
+        assert message.count('gluon_focal_loss: ') == 1, message
+        assert 'sparse label value 7 at position (2,)' in message, message
+        # the traceback has one entry, not one per earlier failure
+        assert '[0] gluon_focal_loss: ' in message and '[1]' not in message, message
+
+
+
 def test_attribute_and_shape_errors():
     x = mx.nd.zeros((2, 3, 4))
     with pytest.raises(mx.base.MXNetError, match='sparse.*needs label shape'):

@@ -153,8 +153,9 @@ REGISTER_OP(gluon_focal_loss)
     .setBackward(gluon_focal::backward, "cpu");
 
 MXReturnValue initialize(int version) {
+  gluon_focal::prepare_error_list();
   if (version >= 10700) return MX_SUCCESS;
-  MX_ERROR_MSG << "gluon_focal_loss needs MXNet >= 1.7 (lib_api v11), got version " << version;
+  gluon_focal::report_error("needs MXNet >= 1.7 (lib_api v11), got version " + std::to_string(version));
   return MX_FAIL;
 }
 
